@@ -1,0 +1,21 @@
+"""csd2d: Collaborative Score Distillation (Kim et al. 2023) for consistent panorama and video editing."""
+
+from .csd import StepConfig, StepResult, csd_edit_step
+from .guidance import DEFAULT_MODEL, IP2PGuidance, ModelLoadError, ip2p_guidance, sds_weight
+from .kernel import csd_gradient, median_bandwidth, pairwise_sq_dists, rbf_kernel, rbf_kernel_grad
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "IP2PGuidance",
+    "ModelLoadError",
+    "StepConfig",
+    "StepResult",
+    "csd_edit_step",
+    "csd_gradient",
+    "ip2p_guidance",
+    "median_bandwidth",
+    "pairwise_sq_dists",
+    "rbf_kernel",
+    "rbf_kernel_grad",
+    "sds_weight",
+]

@@ -1,0 +1,324 @@
+"""InstructPix2Pix scoring for score distillation: text encoding, VAE, timesteps and three-way guidance.
+
+Models are passed to :class:`IP2PGuidance`; :meth:`IP2PGuidance.from_pretrained` loads them from a hub id or
+a local directory in the diffusers layout (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
+``scheduler/``), safetensors only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Union
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+__all__ = [
+    "IP2PGuidance",
+    "ModelLoadError",
+    "ip2p_guidance",
+    "sds_weight",
+    "to_minus_one_one",
+    "to_zero_one",
+]
+
+DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+
+
+class ModelLoadError(ValueError):
+    """Raised when a diffusion model cannot be loaded; the message names the model argument."""
+
+
+def to_minus_one_one(images: Tensor) -> Tensor:
+    """Map images from [0, 1] to the VAE's [−1, 1] range."""
+    return images * 2.0 - 1.0
+
+
+def to_zero_one(images: Tensor) -> Tensor:
+    """Map VAE output from [−1, 1] back to [0, 1] (clamped)."""
+    return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def ip2p_guidance(
+    eps_full: Tensor, eps_image: Tensor, eps_uncond: Tensor, guidance_scale: float, image_guidance_scale: float
+) -> Tensor:
+    """Three-way classifier-free guidance of InstructPix2Pix (Brooks et al. 2023, eq. 3).
+
+    ``ε̂ = ε(∅, ∅) + s_I · (ε(c_I, ∅) − ε(∅, ∅)) + s_T · (ε(c_I, c_T) − ε(c_I, ∅))``
+    """
+    return (
+        eps_uncond
+        + image_guidance_scale * (eps_image - eps_uncond)
+        + guidance_scale * (eps_full - eps_image)
+    )
+
+
+def sds_weight(alphas_cumprod: Tensor, t: Tensor) -> Tensor:
+    """Score-distillation weight ``w(t) = 1 − ᾱ_t`` (DreamFusion, eq. 3)."""
+    return 1.0 - alphas_cumprod.to(t.device)[t]
+
+
+def _chunked(fn: Callable[..., Tensor], max_batch: Optional[int], *args: Tensor) -> Tensor:
+    """Apply ``fn`` to the leading-dimension chunks of ``args`` (at most ``max_batch`` rows) and concatenate."""
+    n = args[0].shape[0]
+    step = n if not max_batch else max_batch
+    return torch.cat([fn(*(a[i : i + step] for a in args)) for i in range(0, n, step)])
+
+
+@dataclass
+class EditScores:
+    """Result of :meth:`IP2PGuidance.edit_scores`."""
+
+    scores: Tensor
+    """``w(t) · (ε̂_target − ε̂_source)`` per particle."""
+    noisy_targets: Tensor
+    """The noised target latents ``z_t`` (the points the CSD kernel is evaluated on)."""
+    t: Tensor
+    """The timestep used (shared by all particles)."""
+
+
+class IP2PGuidance:
+    """InstructPix2Pix as a score function for (collaborative) score distillation.
+
+    Args:
+        unet: a ``UNet2DConditionModel`` with ``in_channels = 2 × latent channels`` (noisy latent ‖ image latent).
+        vae: an ``AutoencoderKL``; its ``config.scaling_factor`` scales latents.
+        text_encoder: a CLIP text model; its last hidden state conditions the UNet.
+        tokenizer: the matching tokenizer.
+        scheduler: any diffusers scheduler with ``alphas_cumprod`` and ``add_noise`` (a DDPM scheduler is built
+            from the config by :meth:`from_pretrained`).
+    """
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler) -> None:
+        latent_channels = vae.config.latent_channels
+        if unet.config.in_channels != 2 * latent_channels:
+            raise ValueError(
+                f"unet: expected in_channels = 2 × vae latent_channels = {2 * latent_channels} (InstructPix2Pix), "
+                f"got {unet.config.in_channels}"
+            )
+        self.unet = unet.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.alphas_cumprod = scheduler.alphas_cumprod.float()
+        self._text_cache: dict = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: Union[str, os.PathLike] = DEFAULT_MODEL,
+        *,
+        device: Union[str, torch.device] = "cpu",
+        torch_dtype: torch.dtype = torch.float32,
+        arg_name: str = "model",
+    ) -> "IP2PGuidance":
+        """Load an InstructPix2Pix model from a hub id or a local diffusers directory (safetensors only).
+
+        Args:
+            model: hub id (e.g. ``timbrooks/instruct-pix2pix``) or local directory.
+            device: where to put the models.
+            torch_dtype: weights dtype (``torch.float16`` halves GPU memory).
+            arg_name: the name of the user-facing argument, used in error messages (e.g. ``--model``).
+        """
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        source = str(model).strip()
+        if not source:
+            raise ModelLoadError(f"{arg_name}: expected a hub id or a local directory, got an empty string")
+        local = Path(source).expanduser()
+        if local.exists():
+            if not local.is_dir():
+                raise ModelLoadError(f"{arg_name}: expected a model directory, got the file {source!r}")
+            source = str(local)
+        elif source.startswith((".", "/", "~")) or source.count("/") != 1:
+            raise ModelLoadError(
+                f"{arg_name}: expected a hub id like {DEFAULT_MODEL!r} or an existing directory, got {source!r}"
+            )
+        common = dict(use_safetensors=True)
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+            text_encoder = CLIPTextModel.from_pretrained(
+                source, subfolder="text_encoder", torch_dtype=torch_dtype, **common
+            )
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch_dtype, **common)
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch_dtype, **common)
+            scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
+        except (OSError, ValueError, EnvironmentError) as err:
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+            hint = (
+                " (HF_HUB_OFFLINE is set: only models already in the Hugging Face cache can load)" if offline else ""
+            )
+            raise ModelLoadError(
+                f"{arg_name}: expected an InstructPix2Pix model in diffusers layout with safetensors weights "
+                f"(a hub id like {DEFAULT_MODEL!r} or a local directory), got {str(model)!r}{hint}: "
+                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            ) from err
+        guidance = cls(unet, vae, text_encoder, tokenizer, scheduler)
+        return guidance.to(device)
+
+    def to(self, device: Union[str, torch.device]) -> "IP2PGuidance":
+        """Move the models to ``device`` (in place) and return ``self``."""
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(device)
+        self._text_cache.clear()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent along each axis (8 for Stable Diffusion), read from the VAE config."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def encode_prompt(self, prompts: Union[str, Sequence[str]]) -> Float[Tensor, "B L D"]:
+        """Encode prompts with the tokenizer and text encoder (last hidden state), cached per prompt."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            tokens = self.tokenizer(
+                missing,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            hidden = self.text_encoder(tokens.input_ids.to(self.device))[0]
+            for prompt, h in zip(missing, hidden):
+                self._text_cache[prompt] = h
+        return torch.stack([self._text_cache[p] for p in prompts])
+
+    # ------------------------------------------------------------------ VAE
+    @torch.no_grad()
+    def encode_images(self, images: Float[Tensor, "B 3 H W"], max_batch: Optional[int] = None) -> Tensor:
+        """Encode images in [0, 1] to scaled latents (distribution mode × ``vae.config.scaling_factor``)."""
+        sf = self.vae.config.scaling_factor
+        x = to_minus_one_one(images.to(self.device, self.dtype))
+        return _chunked(lambda b: self.vae.encode(b).latent_dist.mode() * sf, max_batch, x)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: Float[Tensor, "B C h w"], max_batch: Optional[int] = None) -> Tensor:
+        """Decode scaled latents to images in [0, 1] (fp32)."""
+        sf = self.vae.config.scaling_factor
+        z = latents.to(self.device, self.dtype) / sf
+        return _chunked(lambda b: to_zero_one(self.vae.decode(b).sample.float()), max_batch, z)
+
+    def condition_latents(self, source_latents: Tensor) -> Tensor:
+        """InstructPix2Pix's image conditioning: the *unscaled* VAE latent of the source image."""
+        return source_latents / self.vae.config.scaling_factor
+
+    # ------------------------------------------------------------------ diffusion
+    def sample_timestep(self, t_min: int, t_max: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """One integer timestep drawn uniformly from ``[t_min, t_max]`` (inclusive)."""
+        num = len(self.alphas_cumprod)
+        if not (0 <= t_min <= t_max < num):
+            raise ValueError(f"t_min/t_max: expected 0 <= t_min <= t_max < {num}, got t_min={t_min}, t_max={t_max}")
+        t = torch.randint(t_min, t_max + 1, (1,), generator=generator, device=generator.device if generator else "cpu")
+        return t.to(self.device)
+
+    def add_noise(self, latents: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """Forward diffusion ``z_t = √ᾱ_t z + √(1 − ᾱ_t) ε``."""
+        a = self.alphas_cumprod.to(latents.device)[t].reshape(-1, *([1] * (latents.ndim - 1)))
+        return (a.sqrt() * latents.float() + (1 - a).sqrt() * noise.float()).to(latents.dtype)
+
+    @torch.no_grad()
+    def predict_noise(
+        self,
+        noisy: Float[Tensor, "N C h w"],
+        cond_latents: Float[Tensor, "N C h w"],
+        text_emb: Float[Tensor, "N L D"],
+        t: Tensor,
+        guidance_scale: float,
+        image_guidance_scale: float,
+        max_batch: Optional[int] = None,
+    ) -> Float[Tensor, "N C h w"]:
+        """Guided noise prediction for ``N`` inputs: the three guidance branches of all inputs are stacked
+        and run through the UNet in chunks of at most ``max_batch`` rows."""
+        n = noisy.shape[0]
+        uncond = self.encode_prompt([""]).expand(n, -1, -1)
+        no_image = torch.zeros_like(cond_latents)
+        z = torch.cat([noisy, noisy, noisy]).to(self.dtype)
+        image = torch.cat([cond_latents, cond_latents, no_image]).to(self.dtype)
+        text = torch.cat([text_emb.to(self.dtype), uncond.to(self.dtype), uncond.to(self.dtype)])
+        timesteps = t.reshape(-1)[:1].expand(3 * n).to(self.device)
+
+        def run(zb: Tensor, ib: Tensor, tb: Tensor, ts: Tensor) -> Tensor:
+            return self.unet(torch.cat([zb, ib], dim=1), ts, encoder_hidden_states=tb).sample
+
+        eps = _chunked(run, max_batch, z, image, text, timesteps).float()
+        eps_full, eps_image, eps_uncond = eps.chunk(3)
+        return ip2p_guidance(eps_full, eps_image, eps_uncond, guidance_scale, image_guidance_scale)
+
+    @torch.no_grad()
+    def edit_scores(
+        self,
+        target_latents: Float[Tensor, "N C h w"],
+        source_latents: Float[Tensor, "N C h w"],
+        target_emb: Float[Tensor, "N L D"],
+        source_emb: Float[Tensor, "N L D"],
+        *,
+        guidance_scale: float = 7.5,
+        image_guidance_scale: float = 1.5,
+        t_min: int = 20,
+        t_max: int = 500,
+        generator: Optional[torch.Generator] = None,
+        noise: Optional[Tensor] = None,
+        t: Optional[Tensor] = None,
+        max_batch: Optional[int] = None,
+    ) -> EditScores:
+        """CSD-Edit scores ``w(t) (ε̂(z_t^tgt; c_T, src) − ε̂(z_t^src; c_S, src))`` (Kim et al. 2023, eq. 8).
+
+        Target and source latents are noised with the *same* noise and timestep; both branches are
+        conditioned on the source image and batched into the same UNet calls. One timestep is shared by
+        all particles so that their noisy latents are comparable under the CSD kernel.
+
+        Args:
+            target_latents: the particles being optimised (scaled latents).
+            source_latents: the source image latents (scaled), one per particle.
+            target_emb / source_emb: per-particle text embeddings (instruction and source prompt).
+            noise: optional explicit noise (default: standard normal from ``generator``).
+            t: optional explicit timestep (default: uniform in ``[t_min, t_max]``).
+        """
+        if target_latents.shape != source_latents.shape:
+            raise ValueError(
+                f"source_latents: expected shape {tuple(target_latents.shape)} like target_latents, "
+                f"got {tuple(source_latents.shape)}"
+            )
+        if t is None:
+            t = self.sample_timestep(t_min, t_max, generator)
+        if noise is None:
+            noise = torch.randn(
+                target_latents.shape, generator=generator, device=generator.device if generator else "cpu"
+            ).to(target_latents.device)
+        noisy_t = self.add_noise(target_latents, noise, t)
+        noisy_s = self.add_noise(source_latents, noise, t)
+        cond = self.condition_latents(source_latents)
+        eps = self.predict_noise(
+            torch.cat([noisy_t, noisy_s]),
+            torch.cat([cond, cond]),
+            torch.cat([target_emb, source_emb]),
+            t,
+            guidance_scale,
+            image_guidance_scale,
+            max_batch,
+        )
+        eps_target, eps_source = eps.chunk(2)
+        w = sds_weight(self.alphas_cumprod, t)
+        return EditScores(scores=w * (eps_target - eps_source), noisy_targets=noisy_t, t=t)

@@ -1,0 +1,1 @@
+"""csd_nerfstudio: CSD-Edit as a nerfstudio method (``ns-train csd-edit``)."""

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random InstructPix2Pix components, saved and loaded the way users load models."""
+
+from __future__ import annotations
+
+import os
+
+# No network in tests: set before huggingface_hub / diffusers are imported anywhere.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def shared_data(*parts: str) -> Path:
+    """Path under ../shared/data; fails loudly in CI when missing, skips elsewhere."""
+    path = SHARED.joinpath("data", *parts)
+    if not path.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"shared data missing in CI: {path} (CI must have ../shared beside the clone)")
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A seeded tiny IP2P model written with save_pretrained (diffusers layout, safetensors)."""
+    from csd2d.tiny.components import save_components, tiny_ip2p_components
+
+    root = tmp_path_factory.mktemp("tiny_ip2p")
+    components = tiny_ip2p_components(root / "tokenizer_src", seed=0)
+    return save_components(components, root / "model")
+
+
+@pytest.fixture(scope="session")
+def guidance(tiny_model_dir):
+    """The tiny model loaded back through the real classmethod."""
+    from csd2d import IP2PGuidance
+
+    return IP2PGuidance.from_pretrained(tiny_model_dir, device="cpu", torch_dtype=torch.float32)
