@@ -16,6 +16,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .views import tiled_apply
+
 __all__ = [
     "IP2PGuidance",
     "ModelLoadError",
@@ -207,18 +209,46 @@ class IP2PGuidance:
 
     # ------------------------------------------------------------------ VAE
     @torch.no_grad()
-    def encode_images(self, images: Float[Tensor, "B 3 H W"], max_batch: Optional[int] = None) -> Tensor:
-        """Encode images in [0, 1] to scaled latents (distribution mode × ``vae.config.scaling_factor``)."""
+    def encode_images(
+        self,
+        images: Float[Tensor, "B 3 H W"],
+        max_batch: Optional[int] = None,
+        tile: Optional[int] = None,
+        overlap: int = 0,
+    ) -> Tensor:
+        """Encode images in [0, 1] to scaled latents (distribution mode × ``vae.config.scaling_factor``).
+
+        ``tile`` (pixels) encodes large images tile by tile with ``overlap`` pixels of feathered overlap.
+        """
         sf = self.vae.config.scaling_factor
         x = to_minus_one_one(images.to(self.device, self.dtype))
-        return _chunked(lambda b: self.vae.encode(b).latent_dist.mode() * sf, max_batch, x)
+
+        def encode(b: Tensor) -> Tensor:
+            return self.vae.encode(b).latent_dist.mode() * sf
+
+        if tile:
+            return _chunked(lambda b: tiled_apply(encode, b, tile, overlap, 1.0 / self.vae_scale_factor), max_batch, x)
+        return _chunked(encode, max_batch, x)
 
     @torch.no_grad()
-    def decode_latents(self, latents: Float[Tensor, "B C h w"], max_batch: Optional[int] = None) -> Tensor:
-        """Decode scaled latents to images in [0, 1] (fp32)."""
+    def decode_latents(
+        self,
+        latents: Float[Tensor, "B C h w"],
+        max_batch: Optional[int] = None,
+        tile: Optional[int] = None,
+        overlap: int = 0,
+    ) -> Tensor:
+        """Decode scaled latents to images in [0, 1] (fp32). ``tile``/``overlap`` are in output pixels."""
         sf = self.vae.config.scaling_factor
         z = latents.to(self.device, self.dtype) / sf
-        return _chunked(lambda b: to_zero_one(self.vae.decode(b).sample.float()), max_batch, z)
+
+        def decode(b: Tensor) -> Tensor:
+            return to_zero_one(self.vae.decode(b).sample.float())
+
+        if tile:
+            f = self.vae_scale_factor
+            return _chunked(lambda b: tiled_apply(decode, b, max(1, tile // f), max(1, overlap // f), f), max_batch, z)
+        return _chunked(decode, max_batch, z)
 
     def condition_latents(self, source_latents: Tensor) -> Tensor:
         """InstructPix2Pix's image conditioning: the *unscaled* VAE latent of the source image."""

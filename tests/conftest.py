@@ -43,3 +43,27 @@ def guidance(tiny_model_dir):
     from csd2d import IP2PGuidance
 
     return IP2PGuidance.from_pretrained(tiny_model_dir, device="cpu", torch_dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def editor(guidance):
+    from csd2d import CSDEditor
+
+    return CSDEditor(guidance)
+
+
+# Fast knobs for the tiny model (VAE factor 2): 16-latent windows are 32 px.
+FAST_PANO = dict(steps=3, window=16, stride=8, batch=4, vae_tile=64, vae_overlap=16)
+FAST_VIDEO = dict(steps=2, batch=6, overlap=2)
+
+
+def synthetic_video(num_frames: int = 30, size=(48, 40), seed: int = 0):
+    """A camera pan across a random smooth texture: list of PIL frames."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    big = rng.random((h // 4 + 1, (w + 2 * num_frames) // 4 + 2, 3))
+    big = np.kron(big, np.ones((4, 4, 1)))[:h]
+    return [Image.fromarray((big[:, 2 * i : 2 * i + w] * 255).astype("uint8")) for i in range(num_frames)]

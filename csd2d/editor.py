@@ -1,0 +1,103 @@
+"""``CSDEditor``: the diffusers-style entry point for panorama and video editing."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, List, Optional, Sequence, Union
+
+import torch
+from PIL import Image
+
+from .config import PanoramaConfig, VideoConfig, with_overrides
+from .guidance import DEFAULT_MODEL, IP2PGuidance
+from .io import InputError
+from .panorama import edit_panorama
+from .video import edit_video
+
+__all__ = ["CSDEditor"]
+
+
+def _check_prompts(prompt: Optional[str], prompts: Optional[Sequence[str]]) -> List[str]:
+    if prompt is not None and prompts:
+        raise InputError("prompt: expected either prompt or prompts, got both")
+    chosen = [prompt] if prompt is not None else list(prompts or [])
+    if not chosen:
+        raise InputError("prompt: expected an instruction, got none")
+    for p in chosen:
+        if not isinstance(p, str) or not p.strip():
+            raise InputError(f"prompt: expected a non-empty instruction, got {p!r}")
+    return chosen
+
+
+class CSDEditor:
+    """Consistent text-instructed editing of panoramas and videos with Collaborative Score Distillation.
+
+    Example::
+
+        editor = CSDEditor.from_pretrained("timbrooks/instruct-pix2pix", device="cuda", torch_dtype=torch.float16)
+        out = editor.edit_panorama(image, prompt="turn into van gogh style painting")
+        frames = editor.edit_video(frames, prompt="make his shirt yellow")
+    """
+
+    def __init__(self, guidance: IP2PGuidance) -> None:
+        self.guidance = guidance
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: Union[str, os.PathLike] = DEFAULT_MODEL,
+        *,
+        device: Union[str, torch.device] = "cpu",
+        torch_dtype: torch.dtype = torch.float32,
+        arg_name: str = "model",
+    ) -> "CSDEditor":
+        """Load an InstructPix2Pix model (hub id or local directory, safetensors only)."""
+        return cls(IP2PGuidance.from_pretrained(model, device=device, torch_dtype=torch_dtype, arg_name=arg_name))
+
+    def edit_panorama(
+        self,
+        image: Image.Image,
+        prompt: Optional[str] = None,
+        *,
+        prompts: Optional[Sequence[str]] = None,
+        config: Optional[PanoramaConfig] = None,
+        callback: Optional[Callable[[int, int, torch.Tensor], None]] = None,
+        progress: bool = True,
+        **overrides,
+    ) -> Image.Image:
+        """Edit a panorama or large image; returns an image of the same size and mode family.
+
+        Args:
+            image: PIL image (RGB, RGBA, grayscale, …).
+            prompt: the instruction. Or ``prompts``: several instructions laid out left to right across the
+                width with smooth transitions (region editing).
+            config: all knobs (:class:`PanoramaConfig`); keyword ``overrides`` replace single fields,
+                e.g. ``steps=100, seed=3, coupling=False``.
+            callback: called as ``callback(step, total, latents)`` after every step.
+            progress: show a progress bar.
+        """
+        if not isinstance(image, Image.Image):
+            raise InputError(f"image: expected a PIL.Image, got {type(image).__name__}")
+        cfg = with_overrides(config or PanoramaConfig(), **overrides)
+        return edit_panorama(self.guidance, image, _check_prompts(prompt, prompts), cfg, callback, progress)
+
+    def edit_video(
+        self,
+        frames: Sequence[Image.Image],
+        prompt: str,
+        *,
+        config: Optional[VideoConfig] = None,
+        callback: Optional[Callable[[int, int, torch.Tensor], None]] = None,
+        progress: bool = True,
+        **overrides,
+    ) -> List[Image.Image]:
+        """Edit video frames (list of PIL images of one size); returns the same number of frames.
+
+        ``config`` is a :class:`VideoConfig`; keyword ``overrides`` replace single fields.
+        """
+        (prompt,) = _check_prompts(prompt, None)
+        frames = list(frames)
+        if not all(isinstance(f, Image.Image) for f in frames):
+            raise InputError("frames: expected a list of PIL images")
+        cfg = with_overrides(config or VideoConfig(), **overrides)
+        return edit_video(self.guidance, frames, prompt, cfg, callback, progress)

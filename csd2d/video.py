@@ -1,0 +1,89 @@
+"""Video editing: frames are the CSD particles, long videos go in overlapping chunks."""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image
+
+from .config import VideoConfig
+from .csd import csd_edit_step
+from .guidance import IP2PGuidance
+from .imaging import from_model_size, pil_to_tensor, progress_bar, tensor_to_pil, to_model_size
+from .io import InputError, split_alpha
+
+__all__ = ["chunk_ranges", "edit_video"]
+
+Callback = Callable[[int, int, torch.Tensor], None]
+
+
+def chunk_ranges(num_frames: int, batch: int, overlap: int) -> List[Tuple[int, int, int]]:
+    """Split ``num_frames`` into chunks of at most ``batch`` frames, consecutive chunks sharing ``overlap``.
+
+    Returns ``(start, end, anchors)`` triples: frames ``[start, start + anchors)`` were edited by an earlier
+    chunk and take part in this chunk's kernel as fixed anchors. The last chunk is aligned to the end (so it
+    may share more than ``overlap`` frames with the one before).
+    """
+    if num_frames < 1:
+        raise InputError(f"frames: expected at least one frame, got {num_frames}")
+    if not 0 <= overlap < batch:
+        raise ValueError(f"overlap: expected 0 <= overlap < batch ({batch}), got {overlap}")
+    chunks: List[Tuple[int, int, int]] = []
+    start, done = 0, 0
+    while done < num_frames:
+        start = max(0, min(start, num_frames - batch))
+        end = min(start + batch, num_frames)
+        chunks.append((start, end, done - start))
+        done = end
+        start = end - overlap
+    return chunks
+
+
+@torch.no_grad()
+def edit_video(
+    guidance: IP2PGuidance,
+    frames: Sequence[Image.Image],
+    prompt: str,
+    config: VideoConfig,
+    callback: Optional[Callback] = None,
+    progress: bool = True,
+) -> List[Image.Image]:
+    """Edit video frames with CSD; returns as many frames as given, each at the input size.
+
+    Frames are resized to the VAE multiple and back. Chunks of ``config.batch`` frames are optimised one
+    after the other for ``config.steps`` steps each; the ``config.overlap`` frames a chunk shares with the
+    previous one are already edited and stay fixed, but their noisy latents join the kernel, which pulls the
+    new frames toward the edit already made. With a single frame this is plain delta score distillation.
+    """
+    if len(frames) == 0:
+        raise InputError("frames: expected at least one frame, got an empty list")
+    rgb = [split_alpha(f)[0] for f in frames]
+    size = rgb[0].size
+    for i, frame in enumerate(rgb):
+        if frame.size != size:
+            raise InputError(f"frames: expected all frames of one size, frame 0 is {size[0]}x{size[1]} but "
+                             f"frame {i} is {frame.size[0]}x{frame.size[1]}")
+    f = guidance.vae_scale_factor
+    device = guidance.device
+    x = torch.cat([pil_to_tensor(to_model_size(frame, f)) for frame in rgb]).to(device)
+    source = guidance.encode_images(
+        x, max_batch=config.batch, tile=config.vae_tile, overlap=config.vae_overlap
+    ).float()
+    target = source.clone()
+    chunks = chunk_ranges(len(rgb), config.batch, config.overlap)
+    gen = torch.Generator().manual_seed(config.seed)
+    total = len(chunks) * config.steps
+    with progress_bar(total, progress, "video") as bar:
+        for c, (start, end, anchors) in enumerate(chunks):
+            n = end - start
+            emb = guidance.encode_prompt([prompt]).float().expand(n, -1, -1)
+            src_emb = guidance.encode_prompt([config.source_prompt]).float().expand(n, -1, -1)
+            for step in range(config.steps):
+                res = csd_edit_step(guidance, target[start:end], source[start:end], emb, src_emb, config, generator=gen)
+                target[start + anchors : end] -= config.lr_at(step) * res.grad[anchors:].float()
+                bar.update(1)
+                if callback is not None:
+                    callback(c * config.steps + step, total, target)
+    out = guidance.decode_latents(target, max_batch=config.batch, tile=config.vae_tile, overlap=config.vae_overlap)
+    return [from_model_size(tensor_to_pil(img), size) for img in out]
