@@ -1,9 +1,9 @@
 """csd2d: Collaborative Score Distillation (Kim et al. 2023) for consistent panorama and video editing."""
 
 from .config import EditConfig, PanoramaConfig, VideoConfig, load_preset
-from .csd import StepConfig, StepResult, csd_edit_step
+from .csd import StepConfig, StepResult, csd_edit_step, optimize_latents
 from .editor import CSDEditor
-from .guidance import DEFAULT_MODEL, IP2PGuidance, ModelLoadError, ip2p_guidance, sds_weight
+from .guidance import DEFAULT_MODEL, EMBEDDED_MODEL, IP2PGuidance, ModelLoadError, ip2p_guidance, sds_weight
 from .kernel import csd_gradient, median_bandwidth, pairwise_sq_dists, rbf_kernel, rbf_kernel_grad
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "VideoConfig",
     "load_preset",
     "DEFAULT_MODEL",
+    "EMBEDDED_MODEL",
     "IP2PGuidance",
     "ModelLoadError",
     "StepConfig",
@@ -21,6 +22,7 @@ __all__ = [
     "csd_gradient",
     "ip2p_guidance",
     "median_bandwidth",
+    "optimize_latents",
     "pairwise_sq_dists",
     "rbf_kernel",
     "rbf_kernel_grad",

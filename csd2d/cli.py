@@ -2,6 +2,7 @@
 
     csd2d panorama INPUT --prompt "..." --output OUT.png [--model ID_OR_PATH] [--steps N] [--seed S]
     csd2d video INPUT --prompt "..." --output OUT.mp4|OUT.gif|DIR [...]
+    csd2d demo [--output DIR]      CSD vs independent editing with the embedded model, offline on a CPU
 
 Every option of the API's config dataclasses is a flag; ``--preset NAME_OR_FILE`` loads one of the presets
 in ``configs/`` (image, region, video) first and flags override it.
@@ -19,10 +20,10 @@ import tyro
 from typing_extensions import Annotated
 
 from .config import PanoramaConfig, VideoConfig, load_preset
-from .guidance import DEFAULT_MODEL, ModelLoadError
+from .guidance import DEFAULT_MODEL, EMBEDDED_MODEL, ModelLoadError
 from .io import InputError
 
-__all__ = ["PanoramaArgs", "VideoArgs", "main", "entrypoint"]
+__all__ = ["DemoArgs", "PanoramaArgs", "VideoArgs", "main", "entrypoint"]
 
 Flat = tyro.conf.OmitArgPrefixes
 
@@ -73,6 +74,27 @@ class VideoArgs(_Common):
     config: Flat[VideoConfig] = field(default_factory=VideoConfig)
 
 
+@dataclass
+class DemoArgs:
+    """Compare CSD with independent editing on a panorama and a video made from scikit-image photos, using
+    the embedded model (offline, CPU, a few minutes). Writes PNGs, GIFs, report.json and report.md."""
+
+    output: Path = Path("csd-demo")
+    """Output folder."""
+    model: str = EMBEDDED_MODEL
+    """Model (the demo's inputs and settings are made for the embedded model's 64 px windows)."""
+    device: str = "cpu"
+    """Torch device."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "float32"
+    """Model weights dtype."""
+    seed: int = 0
+    """Random seed of both runs."""
+    overwrite: bool = False
+    """Replace an existing output folder."""
+    progress: bool = True
+    """Show progress bars."""
+
+
 def _preset_from_argv(argv: Sequence[str]) -> Optional[str]:
     for i, arg in enumerate(argv):
         if arg == "--preset" and i + 1 < len(argv):
@@ -82,7 +104,7 @@ def _preset_from_argv(argv: Sequence[str]) -> Optional[str]:
     return None
 
 
-def parse(argv: Sequence[str]) -> Union[PanoramaArgs, VideoArgs]:
+def parse(argv: Sequence[str]) -> Union[PanoramaArgs, VideoArgs, "DemoArgs"]:
     """Parse ``argv`` (without the program name); a ``--preset`` becomes the defaults flags override."""
     preset = _preset_from_argv(argv)
     pano, video = PanoramaConfig(), VideoConfig()
@@ -95,11 +117,12 @@ def parse(argv: Sequence[str]) -> Union[PanoramaArgs, VideoArgs]:
     spec = Union[
         Annotated[PanoramaArgs, tyro.conf.subcommand("panorama", default=PanoramaArgs(config=pano))],
         Annotated[VideoArgs, tyro.conf.subcommand("video", default=VideoArgs(config=video))],
+        Annotated[DemoArgs, tyro.conf.subcommand("demo", default=DemoArgs())],
     ]
     return tyro.cli(spec, args=list(argv), prog="csd2d", description=__doc__)
 
 
-def _device_dtype(args: _Common):
+def _device_dtype(args):
     import torch
 
     device = args.device
@@ -141,6 +164,17 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
     from .editor import CSDEditor
     from .io import check_output, load_image, load_video, save_image, save_video
 
+    if isinstance(args, DemoArgs):
+        from .demo import DemoConfig, report_markdown, run_demo
+
+        if args.output.exists() and not args.overwrite:
+            raise InputError(f"--output: {str(args.output)!r} already exists; pass --overwrite to replace it")
+        device, dtype = _device_dtype(args)
+        editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model")
+        report = run_demo(editor, args.output, DemoConfig(seed=args.seed), progress=args.progress,
+                          overwrite=args.overwrite)
+        print(report_markdown(report))
+        return args.output
     check_output(args.input, args.output, args.overwrite)
     if isinstance(args, PanoramaArgs):
         image = load_image(args.input, "input")

@@ -6,7 +6,7 @@ This is the one loop body shared by panorama, video and the nerfstudio pipeline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from jaxtyping import Float
@@ -15,7 +15,10 @@ from torch import Tensor
 from .guidance import IP2PGuidance
 from .kernel import csd_gradient
 
-__all__ = ["StepConfig", "StepResult", "csd_edit_step"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import EditConfig
+
+__all__ = ["StepConfig", "StepResult", "csd_edit_step", "optimize_latents"]
 
 
 @dataclass
@@ -98,3 +101,34 @@ def csd_edit_step(
     else:
         grad = res.scores
     return StepResult(grad=grad.to(target_latents.dtype), scores=res.scores, t=res.t)
+
+
+def optimize_latents(
+    guidance: IP2PGuidance,
+    target: Float[Tensor, "N C h w"],
+    source: Float[Tensor, "N C h w"],
+    target_emb: Float[Tensor, "N L D"],
+    source_emb: Float[Tensor, "N L D"],
+    config: "EditConfig",
+    *,
+    generator: Optional[torch.Generator] = None,
+    anchors: int = 0,
+    on_step: Optional[Callable[[int], None]] = None,
+) -> Tensor:
+    """Run ``config.steps`` CSD-Edit steps of SGD on ``target`` in place: ``x ← x − lr(step) · g``.
+
+    The first ``anchors`` particles take part in the kernel but are not updated (already edited frames or
+    views that the rest should agree with). Returns ``target``.
+
+    Args:
+        config: an :class:`csd2d.config.EditConfig` (steps, learning-rate schedule and the step's knobs).
+        on_step: called with the step index after every update (progress bars, callbacks).
+    """
+    if not 0 <= anchors < target.shape[0]:
+        raise ValueError(f"anchors: expected 0 <= anchors < N = {target.shape[0]}, got {anchors}")
+    for step in range(config.steps):
+        res = csd_edit_step(guidance, target, source, target_emb, source_emb, config, generator=generator)
+        target[anchors:] -= config.lr_at(step) * res.grad[anchors:].to(target.dtype)
+        if on_step is not None:
+            on_step(step)
+    return target

@@ -28,6 +28,8 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+EMBEDDED_MODEL = "embedded"
+"""Name of the small model trained by this project and shipped in ``csd2d/tiny/weights``."""
 
 
 class ModelLoadError(ValueError):
@@ -122,7 +124,8 @@ class IP2PGuidance:
         """Load an InstructPix2Pix model from a hub id or a local diffusers directory (safetensors only).
 
         Args:
-            model: hub id (e.g. ``timbrooks/instruct-pix2pix``) or local directory.
+            model: hub id (e.g. ``timbrooks/instruct-pix2pix``), local directory, or ``"embedded"`` for the
+                project's own tiny model (works offline on a CPU; 64 px windows, four instructions).
             device: where to put the models.
             torch_dtype: weights dtype (``torch.float16`` halves GPU memory).
             arg_name: the name of the user-facing argument, used in error messages (e.g. ``--model``).
@@ -133,6 +136,10 @@ class IP2PGuidance:
         source = str(model).strip()
         if not source:
             raise ModelLoadError(f"{arg_name}: expected a hub id or a local directory, got an empty string")
+        if source == EMBEDDED_MODEL:
+            from .tiny import WEIGHTS_DIR
+
+            source = str(WEIGHTS_DIR)
         local = Path(source).expanduser()
         if local.exists():
             if not local.is_dir():
@@ -208,17 +215,18 @@ class IP2PGuidance:
         return torch.stack([self._text_cache[p] for p in prompts])
 
     # ------------------------------------------------------------------ VAE
-    @torch.no_grad()
     def encode_images(
         self,
         images: Float[Tensor, "B 3 H W"],
         max_batch: Optional[int] = None,
         tile: Optional[int] = None,
         overlap: int = 0,
+        requires_grad: bool = False,
     ) -> Tensor:
         """Encode images in [0, 1] to scaled latents (distribution mode × ``vae.config.scaling_factor``).
 
         ``tile`` (pixels) encodes large images tile by tile with ``overlap`` pixels of feathered overlap.
+        ``requires_grad`` keeps the graph back to ``images`` (score distillation into a 3-D scene).
         """
         sf = self.vae.config.scaling_factor
         x = to_minus_one_one(images.to(self.device, self.dtype))
@@ -226,9 +234,11 @@ class IP2PGuidance:
         def encode(b: Tensor) -> Tensor:
             return self.vae.encode(b).latent_dist.mode() * sf
 
-        if tile:
-            return _chunked(lambda b: tiled_apply(encode, b, tile, overlap, 1.0 / self.vae_scale_factor), max_batch, x)
-        return _chunked(encode, max_batch, x)
+        with torch.set_grad_enabled(requires_grad):
+            if tile:
+                f = 1.0 / self.vae_scale_factor
+                return _chunked(lambda b: tiled_apply(encode, b, tile, overlap, f), max_batch, x)
+            return _chunked(encode, max_batch, x)
 
     @torch.no_grad()
     def decode_latents(

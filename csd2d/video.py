@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from .config import VideoConfig
-from .csd import csd_edit_step
+from .csd import optimize_latents
 from .guidance import IP2PGuidance
 from .imaging import from_model_size, pil_to_tensor, progress_bar, tensor_to_pil, to_model_size
 from .io import InputError, split_alpha
@@ -79,11 +79,14 @@ def edit_video(
             n = end - start
             emb = guidance.encode_prompt([prompt]).float().expand(n, -1, -1)
             src_emb = guidance.encode_prompt([config.source_prompt]).float().expand(n, -1, -1)
-            for step in range(config.steps):
-                res = csd_edit_step(guidance, target[start:end], source[start:end], emb, src_emb, config, generator=gen)
-                target[start + anchors : end] -= config.lr_at(step) * res.grad[anchors:].float()
+
+            def on_step(step: int, c: int = c) -> None:
                 bar.update(1)
                 if callback is not None:
                     callback(c * config.steps + step, total, target)
+
+            chunk = target[start:end]
+            optimize_latents(guidance, chunk, source[start:end], emb, src_emb, config, generator=gen,
+                             anchors=anchors, on_step=on_step)
     out = guidance.decode_latents(target, max_batch=config.batch, tile=config.vae_tile, overlap=config.vae_overlap)
     return [from_model_size(tensor_to_pil(img), size) for img in out]

@@ -1,0 +1,128 @@
+"""Consistency and edit-strength metrics for CSD evaluations (used by ``csd2d demo`` and the benchmarks).
+
+All images are float tensors in [0, 1], ``[3, H, W]`` (or ``[T, 3, H, W]`` for videos), source and edited of
+equal size. Lower inconsistency is better; strength is larger for stronger edits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Sequence
+
+import torch
+from torch import Tensor
+
+from .tiny.edits import LUMA, chroma_plane
+from .views import window_positions
+
+__all__ = [
+    "border_discontinuity",
+    "seam_inconsistency",
+    "window_edit_spread",
+    "temporal_inconsistency",
+    "edit_strength",
+]
+
+
+def _borders(length: int, window: int, stride: int) -> list:
+    """Interior pixel indices where a window starts or ends (a discontinuity there sits between c−1 and c)."""
+    edges = set()
+    for s in window_positions(length, window, stride):
+        edges.update((s, s + window))
+    return sorted(c for c in edges if 2 <= c <= length - 2)
+
+
+def border_discontinuity(image: Tensor, window: int, stride: int) -> float:
+    """Mean colour plus gradient jump across the window borders of ``image`` (``[3, H, W]``).
+
+    For a vertical border between columns ``c − 1`` and ``c``:
+    ``colour(c) = mean_{rows, channels} |I[:, c] − I[:, c−1]|`` and
+    ``gradient(c) = mean_{rows, channels} |(I[:, c+1] − I[:, c]) − (I[:, c−1] − I[:, c−2])|``;
+    likewise for horizontal borders with rows. The result is the mean of ``colour + gradient`` over all
+    border lines (borders are those of :func:`csd2d.views.window_positions` with ``window``/``stride`` in pixels).
+    """
+    values = []
+    for img in (image, image.transpose(-1, -2)):  # vertical borders, then horizontal ones
+        for c in _borders(img.shape[-1], window, stride):
+            colour = (img[..., c] - img[..., c - 1]).abs().mean()
+            grad = ((img[..., c + 1] - img[..., c]) - (img[..., c - 1] - img[..., c - 2])).abs().mean()
+            values.append(colour + grad)
+    if not values:
+        raise ValueError(f"image: expected at least one interior window border, got shape {tuple(image.shape)}")
+    return float(torch.stack(values).mean())
+
+
+def seam_inconsistency(edited: Tensor, source: Tensor, window: int, stride: int) -> float:
+    """Panorama seam inconsistency: :func:`border_discontinuity` of the edit relative to the source's.
+
+    1.0 means the window borders are no more visible than in the unedited input; above 1 seams were added.
+    """
+    return border_discontinuity(edited, window, stride) / max(border_discontinuity(source, window, stride), 1e-8)
+
+
+def window_edit_spread(edited: Tensor, source: Tensor, window: int, stride: int) -> float:
+    """How much the edit differs between windows: the RMS over windows and channels of
+    ``m_w − mean_w(m_w)``, where ``m_w`` is the mean of ``edited − source`` over window ``w`` (in pixels).
+
+    A consistent edit applies the same colour change everywhere (spread ≈ 0 for a global filter); independent
+    per-window editing that lands on different outcomes (e.g. different hues) gives a large spread.
+    """
+    diff = (edited - source).float()
+    means = torch.stack([
+        diff[:, y : y + window, x : x + window].mean(dim=(-1, -2))
+        for y in window_positions(diff.shape[-2], window, stride)
+        for x in window_positions(diff.shape[-1], window, stride)
+    ])
+    return float((means - means.mean(0)).pow(2).mean().sqrt())
+
+
+def temporal_inconsistency(edited: Tensor, source: Tensor, shift: int) -> float:
+    """Video temporal inconsistency after aligning a known horizontal pan.
+
+    With ``e_t = edited_t − source_t`` and frames that pan so that ``source_{t+1}[:, :, x] =
+    source_t[:, :, x + shift]``, the result is ``mean_t mean_{c, y, x} |e_{t+1}[..., x] − e_t[..., x + shift]|``
+    over the columns both frames see. A consistent edit moves with the scene and scores 0.
+    """
+    if edited.shape != source.shape or edited.ndim != 4 or edited.shape[0] < 2:
+        raise ValueError(f"edited/source: expected equal [T >= 2, 3, H, W] tensors, got {tuple(edited.shape)} "
+                         f"and {tuple(source.shape)}")
+    e = (edited - source).float()
+    w = e.shape[-1]
+    if not 0 <= shift < w:
+        raise ValueError(f"shift: expected 0 <= shift < width ({w}), got {shift}")
+    return float((e[1:, ..., : w - shift] - e[:-1, ..., shift:]).abs().mean())
+
+
+def _wrap(angle: Tensor) -> Tensor:
+    return torch.remainder(angle + math.pi, 2 * math.pi) - math.pi
+
+
+def edit_strength(edited: Tensor, source: Tensor, instruction: str) -> float:
+    """How far ``edited`` moved toward ``instruction`` (one number per edit type, batched images allowed).
+
+    - ``recolor it``: hue shift in degrees, ``mean |wrap(hue_edited − hue_source)|`` weighted by the
+      source's chroma (hue and chroma from :func:`csd2d.tiny.edits.chroma_plane`).
+    - ``make it grayscale``: relative saturation drop ``1 − mean chroma(edited) / mean chroma(source)``.
+    - ``make it night``: relative luma drop ``1 − mean Y(edited) / mean Y(source)`` (Rec. 601 luma).
+    - ``invert the colors``: ``1 − mean |edited − (1 − source)| / mean |source − (1 − source)|``.
+    - anything else: mean absolute change ``mean |edited − source|``.
+    """
+    edited, source = edited.float(), source.float()
+    if instruction == "recolor it":
+        hue_e, _ = chroma_plane(edited)
+        hue_s, chroma_s = chroma_plane(source)
+        weight = chroma_s / chroma_s.sum().clamp_min(1e-8)
+        return float(math.degrees(float((_wrap(hue_e - hue_s).abs() * weight).sum())))
+    if instruction == "make it grayscale":
+        return float(1 - chroma_plane(edited)[1].mean() / chroma_plane(source)[1].mean().clamp_min(1e-8))
+    if instruction == "make it night":
+        luma = lambda x: torch.einsum("c,...chw->...hw", LUMA, x).mean()
+        return float(1 - luma(edited) / luma(source).clamp_min(1e-8))
+    if instruction == "invert the colors":
+        return float(1 - (edited - (1 - source)).abs().mean() / (2 * source - 1).abs().mean().clamp_min(1e-8))
+    return float((edited - source).abs().mean())
+
+
+def summarize(values: Sequence[float]) -> Dict[str, float]:
+    t = torch.tensor(list(values), dtype=torch.float64)
+    return {"mean": float(t.mean()), "min": float(t.min()), "max": float(t.max())}

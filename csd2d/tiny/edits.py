@@ -1,0 +1,97 @@
+"""The embedded model's closed instruction vocabulary and the procedural filters that define it.
+
+Two edits have a random outcome (several right answers for the same source), two are deterministic:
+
+================== ========= ================================================================================
+instruction        outcome   filter
+================== ========= ================================================================================
+``recolor it``     random    hue rotation about the grey axis by an angle drawn uniformly from ±[60°, 180°]
+``make it night``  random    darken to 35–60 % and multiply by a tint drawn from blue/violet/teal/green hues
+``make it grayscale`` fixed  luma (Rec. 601) copied to R, G and B
+``invert the colors`` fixed  1 − x
+================== ========= ================================================================================
+
+Images are ``[B, 3, H, W]`` tensors in [0, 1]; every filter is per pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["EDITS", "RANDOM_EDITS", "apply_edit", "hue_rotate", "chroma_plane", "LUMA"]
+
+LUMA = torch.tensor([0.299, 0.587, 0.114])
+_K = torch.ones(3) / math.sqrt(3.0)
+
+
+def hue_rotate(images: Tensor, angle: Tensor) -> Tensor:
+    """Rotate colours about the grey axis (1, 1, 1) by ``angle`` radians (one per image); clamps to [0, 1].
+
+    Rodrigues: ``R = cos θ I + sin θ [k]× + (1 − cos θ) k kᵀ`` with ``k = (1, 1, 1)/√3``.
+    """
+    angle = angle.reshape(-1, 1, 1).float()
+    eye = torch.eye(3)
+    cross = torch.tensor([[0.0, -_K[2], _K[1]], [_K[2], 0.0, -_K[0]], [-_K[1], _K[0], 0.0]])
+    rot = torch.cos(angle) * eye + torch.sin(angle) * cross + (1 - torch.cos(angle)) * torch.outer(_K, _K)
+    out = torch.einsum("bij,bjhw->bihw", rot.to(images.device), images.float())
+    return out.clamp(0.0, 1.0)
+
+
+def chroma_plane(images: Tensor):
+    """Project RGB onto the plane orthogonal to grey: returns ``(hue, chroma)`` per pixel.
+
+    ``u = (2R − G − B)/√6``, ``v = (G − B)/√2``, ``hue = atan2(v, u)`` (radians), ``chroma = √(u² + v²)``.
+    A :func:`hue_rotate` by θ adds θ to the hue of unclipped pixels.
+    """
+    r, g, b = images.float().unbind(-3)
+    u = (2 * r - g - b) / math.sqrt(6.0)
+    v = (g - b) / math.sqrt(2.0)
+    return torch.atan2(v, u), torch.sqrt(u * u + v * v)
+
+
+def _recolor(images: Tensor, gen: torch.Generator) -> Tensor:
+    n = images.shape[0]
+    magnitude = torch.empty(n).uniform_(math.radians(60), math.radians(180), generator=gen)
+    sign = torch.randint(0, 2, (n,), generator=gen) * 2 - 1
+    return hue_rotate(images, magnitude * sign)
+
+
+_NIGHT_TINTS = torch.tensor([[0.45, 0.6, 1.0], [0.7, 0.5, 1.0], [0.4, 0.9, 0.9], [0.5, 1.0, 0.6]])
+
+
+def _night(images: Tensor, gen: torch.Generator) -> Tensor:
+    n = images.shape[0]
+    pick = torch.randint(0, len(_NIGHT_TINTS), (n,), generator=gen)
+    jitter = torch.empty(n, 3).uniform_(-0.08, 0.08, generator=gen)
+    tint = (_NIGHT_TINTS[pick] + jitter).clamp(0, 1)
+    level = torch.empty(n, 1).uniform_(0.35, 0.6, generator=gen)
+    return (images.float() * (level * tint)[:, :, None, None].to(images.device)).clamp(0, 1)
+
+
+def _grayscale(images: Tensor, gen: Optional[torch.Generator] = None) -> Tensor:
+    y = torch.einsum("c,bchw->bhw", LUMA.to(images.device), images.float())
+    return y[:, None].expand(-1, 3, -1, -1).contiguous()
+
+
+def _invert(images: Tensor, gen: Optional[torch.Generator] = None) -> Tensor:
+    return 1.0 - images.float()
+
+
+EDITS: Dict[str, Callable[[Tensor, torch.Generator], Tensor]] = {
+    "recolor it": _recolor,
+    "make it night": _night,
+    "make it grayscale": _grayscale,
+    "invert the colors": _invert,
+}
+RANDOM_EDITS = ("recolor it", "make it night")
+
+
+def apply_edit(instruction: str, images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Apply the procedural filter behind ``instruction`` (see the module table)."""
+    if instruction not in EDITS:
+        raise ValueError(f"instruction: expected one of {sorted(EDITS)}, got {instruction!r}")
+    return EDITS[instruction](images, generator or torch.Generator().manual_seed(0))

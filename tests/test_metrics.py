@@ -1,0 +1,72 @@
+"""Metrics move the right way on constructed cases; edits behave as their docstrings say."""
+
+import math
+
+import pytest
+import torch
+
+from csd2d.metrics import (border_discontinuity, edit_strength, seam_inconsistency, temporal_inconsistency,
+                           window_edit_spread)
+from csd2d.tiny.edits import EDITS, RANDOM_EDITS, apply_edit, chroma_plane, hue_rotate
+
+
+def _smooth(h=64, w=160, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    small = torch.rand(1, 3, h // 8, w // 8, generator=g)
+    return torch.nn.functional.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)[0].clamp(0, 1)
+
+
+def test_seam_inconsistency_is_one_for_unedited_and_grows_with_a_seam():
+    src = _smooth()
+    assert seam_inconsistency(src, src, 32, 16) == pytest.approx(1.0)
+    seamed = src.clone()
+    seamed[:, :, 48:] = (seamed[:, :, 48:] + 0.2).clamp(0, 1)  # a step exactly at a window border (x = 48)
+    assert seam_inconsistency(seamed, src, 32, 16) > 1.1  # one of 14 border lines jumps
+    global_shift = (src * 0.8 + 0.1)  # a uniform edit adds no seam (discontinuities scale by 0.8)
+    assert seam_inconsistency(global_shift, src, 32, 16) == pytest.approx(0.8, rel=1e-4)
+
+
+def test_window_edit_spread_zero_for_global_edit_and_large_for_patchy():
+    src = _smooth()
+    assert window_edit_spread(src * 0.5, src * 0.5 + 0.1, 32, 16) == pytest.approx(0.0, abs=1e-6)
+    patchy = src.clone()
+    patchy[0, :, :80] += 0.3
+    assert window_edit_spread(patchy, src, 32, 16) > 0.05
+
+
+def test_temporal_inconsistency_zero_when_edit_moves_with_the_pan():
+    scene = _smooth(32, 200)
+    shift, size, n = 3, 64, 10
+    src = torch.stack([scene[:, :, t * shift : t * shift + size] for t in range(n)])
+    edited_scene = hue_rotate(scene[None], torch.tensor([1.0]))[0]
+    consistent = torch.stack([edited_scene[:, :, t * shift : t * shift + size] for t in range(n)])
+    assert temporal_inconsistency(consistent, src, shift) == pytest.approx(0.0, abs=1e-6)
+    flicker = torch.stack([hue_rotate(f[None], torch.tensor([(-1.0) ** t]))[0] for t, f in enumerate(src)])
+    assert temporal_inconsistency(flicker, src, shift) > 0.05
+    with pytest.raises(ValueError, match="shift"):
+        temporal_inconsistency(src, src, size)
+
+
+def test_edit_strengths_measure_their_filters():
+    src = 0.25 + 0.5 * _smooth(seed=3)[None]  # mid-range colours: hue rotation does not clip
+    rotated = hue_rotate(src, torch.tensor([math.radians(90)]))
+    assert edit_strength(rotated, src, "recolor it") == pytest.approx(90.0, abs=2.0)
+    assert edit_strength(src, src, "recolor it") == pytest.approx(0.0, abs=1e-3)
+    assert edit_strength(apply_edit("make it grayscale", src), src, "make it grayscale") == pytest.approx(1.0, abs=1e-4)
+    assert edit_strength(apply_edit("invert the colors", src), src, "invert the colors") == pytest.approx(1.0, abs=1e-5)
+    night = apply_edit("make it night", src)
+    assert 0.3 < edit_strength(night, src, "make it night") < 0.8
+    assert border_discontinuity(src[0], 32, 16) > 0
+
+
+def test_random_edits_are_random_and_deterministic_ones_are_not():
+    src = 0.25 + 0.5 * _smooth(seed=4)[None].expand(6, -1, -1, -1)
+    for name in EDITS:
+        out = apply_edit(name, src, torch.Generator().manual_seed(0))
+        spread = (out - out[:1]).abs().amax()
+        if name in RANDOM_EDITS:
+            assert spread > 0.05, name
+        else:
+            assert spread == 0, name
+    hue, chroma = chroma_plane(torch.tensor([[[[1.0]], [[0.0]], [[0.0]]]]))
+    assert float(hue) == pytest.approx(0.0) and float(chroma) > 0
