@@ -89,6 +89,8 @@ class DemoArgs:
     """Model weights dtype."""
     seed: int = 0
     """Random seed of both runs."""
+    steps: Optional[int] = None
+    """Override the optimisation steps of every run (fewer: faster, weaker edits)."""
     overwrite: bool = False
     """Replace an existing output folder."""
     progress: bool = True
@@ -171,8 +173,11 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
             raise InputError(f"--output: {str(args.output)!r} already exists; pass --overwrite to replace it")
         device, dtype = _device_dtype(args)
         editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model")
-        report = run_demo(editor, args.output, DemoConfig(seed=args.seed), progress=args.progress,
-                          overwrite=args.overwrite)
+        demo = DemoConfig(seed=args.seed)
+        if args.steps is not None:
+            demo = dataclasses.replace(demo, panorama=dataclasses.replace(demo.panorama, steps=args.steps),
+                                       video=dataclasses.replace(demo.video, steps=args.steps))
+        report = run_demo(editor, args.output, demo, progress=args.progress, overwrite=args.overwrite)
         print(report_markdown(report))
         return args.output
     check_output(args.input, args.output, args.overwrite)

@@ -36,6 +36,10 @@ class EditConfig(StepConfig):
     """Prompt of the source branch that CSD-Edit subtracts (empty: the unedited image)."""
     seed: int = 0
     """Random seed; the same seed and inputs give the same output."""
+    vae_tile: int = 512
+    """Tiled VAE: tile side in pixels (bounds memory for very large images); 0 encodes whole images."""
+    vae_overlap: int = 64
+    """Tiled VAE: overlap between tiles in pixels."""
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch": self.batch, "decay_every": self.decay_every}
@@ -62,10 +66,6 @@ class PanoramaConfig(EditConfig):
     """Offset between neighbouring windows, in latents."""
     blend: float = 0.5
     """Region editing: width of the transition between neighbouring prompts, as a fraction of a band."""
-    vae_tile: int = 512
-    """Tiled VAE: tile side in pixels (bounds memory for very wide images)."""
-    vae_overlap: int = 64
-    """Tiled VAE: overlap between tiles in pixels."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,10 +82,6 @@ class VideoConfig(EditConfig):
     image_guidance_scale: float = 1.5
     overlap: int = 2
     """Frames shared by consecutive chunks; already edited ones anchor the next chunk through the kernel."""
-    vae_tile: int = 512
-    """Tiled VAE: tile side in pixels."""
-    vae_overlap: int = 64
-    """Tiled VAE: overlap between tiles in pixels."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

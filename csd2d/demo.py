@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +22,11 @@ from PIL import Image, ImageDraw
 from .config import PanoramaConfig, VideoConfig
 from .editor import CSDEditor
 from .imaging import pil_to_tensor
-from .io import InputError, save_video
+from .io import InputError, atomic_dir, save_video
 from .metrics import edit_strength, seam_inconsistency, temporal_inconsistency, window_edit_spread
 from .tiny.edits import RANDOM_EDITS
 
-__all__ = ["DemoConfig", "demo_panorama", "demo_video", "run_demo", "EMBEDDED"]
-
-EMBEDDED = "embedded"
+__all__ = ["DemoConfig", "compare_panorama", "compare_video", "demo_panorama", "demo_video", "run_demo"]
 
 
 def _demo_pano_config() -> PanoramaConfig:
@@ -106,63 +101,77 @@ def _t(images) -> torch.Tensor:
     return torch.cat([pil_to_tensor(i) for i in images])
 
 
+def compare_panorama(editor: CSDEditor, image: Image.Image, instruction: str, config: PanoramaConfig,
+                     progress: bool = False) -> Tuple[Dict, Dict[str, Image.Image]]:
+    """Edit ``image`` with the independent baseline and with CSD (same seed); return metrics and outputs."""
+    f = editor.guidance.vae_scale_factor
+    src = _t([image])[0]
+    win, stride = config.window * f, config.stride * f
+    entry: Dict = {}
+    outs: Dict[str, Image.Image] = {}
+    for name, coupling in (("baseline", False), ("csd", True)):
+        t0 = time.time()
+        out = editor.edit_panorama(image, instruction, config=dataclasses.replace(config, coupling=coupling),
+                                   progress=progress)
+        ed = _t([out])[0]
+        outs[name] = out
+        entry[name] = {
+            "seam_inconsistency": seam_inconsistency(ed, src, win, stride),
+            "window_edit_spread": window_edit_spread(ed, src, win, stride),
+            "edit_strength": edit_strength(ed, src, instruction),
+            "seconds": round(time.time() - t0, 2),
+        }
+    entry["ratio_csd_over_baseline"] = _ratios(entry, ("seam_inconsistency", "window_edit_spread", "edit_strength"))
+    return entry, outs
+
+
+def compare_video(editor: CSDEditor, frames: List[Image.Image], instruction: str, config: VideoConfig, shift: int,
+                  progress: bool = False) -> Tuple[Dict, Dict[str, List[Image.Image]]]:
+    """Edit a panning video with the baseline and with CSD (same seed); return metrics and outputs."""
+    src = _t(frames)
+    entry: Dict = {}
+    outs: Dict[str, List[Image.Image]] = {}
+    for name, coupling in (("baseline", False), ("csd", True)):
+        t0 = time.time()
+        out = editor.edit_video(frames, instruction, config=dataclasses.replace(config, coupling=coupling),
+                                progress=progress)
+        ed = _t(out)
+        outs[name] = out
+        entry[name] = {
+            "temporal_inconsistency": temporal_inconsistency(ed, src, shift),
+            "edit_strength": edit_strength(ed, src, instruction),
+            "seconds": round(time.time() - t0, 2),
+        }
+    entry["ratio_csd_over_baseline"] = _ratios(entry, ("temporal_inconsistency", "edit_strength"))
+    return entry, outs
+
+
+def _ratios(entry: Dict, keys) -> Dict[str, float]:
+    return {k: entry["csd"][k] / max(entry["baseline"][k], 1e-8) for k in keys}
+
+
 def run_demo(editor: CSDEditor, output: Path, config: DemoConfig = DemoConfig(), progress: bool = True,
              overwrite: bool = False) -> Dict:
     """Run the comparison, write images, ``report.json`` and ``report.md`` into ``output`` (atomically)."""
     output = Path(output)
     if output.exists() and not overwrite:
         raise InputError(f"output: {str(output)!r} already exists; pass --overwrite to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    f = editor.guidance.vae_scale_factor
     pano_cfg = dataclasses.replace(config.panorama, seed=config.seed)
     video_cfg = dataclasses.replace(config.video, seed=config.seed)
     report: Dict = {"model": "embedded", "seed": config.seed, "panorama": {}, "video": {}}
     start = time.time()
-    try:
+    with atomic_dir(output) as tmp:
         pano = demo_panorama(config.panorama_height)
         frames = demo_video(config.video_frames, config.video_size, config.video_shift)
-        src_p, src_v = _t([pano])[0], _t(frames)
-        win_px, stride_px = pano_cfg.window * f, pano_cfg.stride * f
-        report["panorama"]["input_size"] = list(pano.size)
-        report["video"]["input"] = {"frames": len(frames), "size": config.video_size, "shift_px": config.video_shift}
+        report["panorama_input"] = {"size": list(pano.size)}
+        report["video_input"] = {"frames": len(frames), "size": config.video_size, "shift_px": config.video_shift}
         for instruction in config.instructions:
             slug = instruction.replace(" ", "_")
-            outs, entry = {}, {}
-            for name, coupling in (("baseline", False), ("csd", True)):
-                t0 = time.time()
-                out = editor.edit_panorama(pano, instruction, config=dataclasses.replace(pano_cfg, coupling=coupling),
-                                           progress=progress)
-                ed = _t([out])[0]
-                outs[name] = out
-                entry[name] = {
-                    "seam_inconsistency": seam_inconsistency(ed, src_p, win_px, stride_px),
-                    "window_edit_spread": window_edit_spread(ed, src_p, win_px, stride_px),
-                    "edit_strength": edit_strength(ed, src_p, instruction),
-                    "seconds": round(time.time() - t0, 2),
-                }
-            entry["ratio_csd_over_baseline"] = {
-                k: entry["csd"][k] / max(entry["baseline"][k], 1e-8)
-                for k in ("seam_inconsistency", "window_edit_spread", "edit_strength")
-            }
+            entry, outs = compare_panorama(editor, pano, instruction, pano_cfg, progress)
             report["panorama"][instruction] = entry
             _stack([pano, outs["baseline"], outs["csd"]], ["input", "independent (baseline)", "CSD"],
                    vertical=True).save(tmp / f"panorama_{slug}.png")
-            vids, entry = {}, {}
-            for name, coupling in (("baseline", False), ("csd", True)):
-                t0 = time.time()
-                out = editor.edit_video(frames, instruction, config=dataclasses.replace(video_cfg, coupling=coupling),
-                                        progress=progress)
-                ed = _t(out)
-                vids[name] = out
-                entry[name] = {
-                    "temporal_inconsistency": temporal_inconsistency(ed, src_v, config.video_shift),
-                    "edit_strength": edit_strength(ed, src_v, instruction),
-                    "seconds": round(time.time() - t0, 2),
-                }
-            entry["ratio_csd_over_baseline"] = {
-                k: entry["csd"][k] / max(entry["baseline"][k], 1e-8) for k in ("temporal_inconsistency", "edit_strength")
-            }
+            entry, vids = compare_video(editor, frames, instruction, video_cfg, config.video_shift, progress)
             report["video"][instruction] = entry
             sheets = [_stack([a, b, c], ["input", "baseline", "CSD"], vertical=False)
                       for a, b, c in zip(frames, vids["baseline"], vids["csd"])]
@@ -171,11 +180,6 @@ def run_demo(editor: CSDEditor, output: Path, config: DemoConfig = DemoConfig(),
         report["seconds"] = round(time.time() - start, 1)
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         (tmp / "report.md").write_text(report_markdown(report))
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 
@@ -187,8 +191,6 @@ def report_markdown(report: Dict) -> str:
     for kind, metrics in (("panorama", ("seam_inconsistency", "window_edit_spread", "edit_strength")),
                           ("video", ("temporal_inconsistency", "edit_strength"))):
         for instruction, entry in report[kind].items():
-            if not isinstance(entry, dict) or "csd" not in entry:
-                continue
             for m in metrics:
                 b, c = entry["baseline"][m], entry["csd"][m]
                 lines.append(f"| {kind} | {instruction} | {m} | {b:.4f} | {c:.4f} | {c / max(b, 1e-8):.2f} |")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -19,6 +20,7 @@ __all__ = [
     "save_image",
     "load_video",
     "save_video",
+    "atomic_dir",
     "check_output",
     "split_alpha",
 ]
@@ -68,6 +70,21 @@ def _atomic_target(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     return Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``path`` whole, on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_image(image: Image.Image, path: Path) -> Path:
@@ -141,17 +158,10 @@ def save_video(frames: Sequence[Image.Image], path: Path, fps: float) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == "":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp_dir:
             digits = max(5, len(str(len(frames))))
             for i, frame in enumerate(frames):
                 frame.save(tmp_dir / f"frame_{i:0{digits}d}.png")
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp_dir, path)
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
         return path
     if suffix not in VIDEO_SUFFIXES:
         raise InputError(f"output: expected a folder, {', '.join(VIDEO_SUFFIXES)}, got {str(path)!r}")

@@ -67,12 +67,16 @@ class CSDNerfactoModelConfig(NerfactoModelConfig):
     """Report the LPIPS evaluation metric (built on first evaluation; downloads AlexNet once). False: skipped."""
 
 
-class CSDNerfactoModel(NerfactoModel):
-    config: CSDNerfactoModelConfig
+class _LazyLPIPSModules:
+    """Mixin: build the model's modules with LPIPS deferred (``config.lpips`` switches it off)."""
 
     def populate_modules(self) -> None:
         with _lazy_lpips(self.config.lpips):
             super().populate_modules()
+
+
+class CSDNerfactoModel(_LazyLPIPSModules, NerfactoModel):
+    config: CSDNerfactoModelConfig
 
 
 @dataclass
@@ -84,9 +88,5 @@ class CSDSplatfactoModelConfig(SplatfactoModelConfig):
     """Report the LPIPS evaluation metric (built on first evaluation; downloads AlexNet once). False: skipped."""
 
 
-class CSDSplatfactoModel(SplatfactoModel):
+class CSDSplatfactoModel(_LazyLPIPSModules, SplatfactoModel):
     config: CSDSplatfactoModelConfig
-
-    def populate_modules(self) -> None:
-        with _lazy_lpips(self.config.lpips):
-            super().populate_modules()

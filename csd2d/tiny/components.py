@@ -58,11 +58,12 @@ def tiny_ip2p_components(
     latent_channels: int = 4,
     unet_channels: Sequence[int] = (32, 64),
     vae_channels: Sequence[int] = (32, 64),
+    vae_norm_groups: int = 0,
     text_dim: int = 32,
     text_layers: int = 2,
     max_text_length: int = 77,
 ) -> Dict[str, object]:
-    """Seeded random InstructPix2Pix components (UNet with ``in_channels = 2 × latent``, AutoencoderKL,
+    """Seeded random InstructPix2Pix components (``vae_norm_groups`` 0: min(32, channels)) (UNet with ``in_channels = 2 × latent``, AutoencoderKL,
     CLIP text model, character tokenizer, DDPM scheduler with Stable Diffusion's beta schedule)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -91,7 +92,7 @@ def tiny_ip2p_components(
         up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
         latent_channels=latent_channels,
         layers_per_block=1,
-        norm_num_groups=min(32, min(vae_channels)),
+        norm_num_groups=vae_norm_groups or min(32, min(vae_channels)),
         sample_size=32,
     )
     torch.manual_seed(seed + 2)

@@ -6,8 +6,9 @@ Recipe (all seeded; see the model card written next to the weights):
    plus its grey textures colourised with random two-colour gradient maps, resized to ``size`` px.
    ``coffee`` and ``chelsea`` are held out for the demo. Each crop is edited with every instruction of
    :mod:`csd2d.tiny.edits` (random edits get ``draws`` independent outcomes).
-2. **VAE.** An ``AutoencoderKL`` with a ×4 downsampling trained on sources and edits (L1 + MSE + a small KL),
-   then ``scaling_factor = 1 / std(latents)`` as in Stable Diffusion.
+2. **VAE.** An ``AutoencoderKL`` with a ×4 downsampling trained on 32 px patches of sources and edits
+   (L1 + MSE + a small KL, decoding the posterior mean), then ``scaling_factor = 1 / std(latents)`` as in
+   Stable Diffusion.
 3. **Text.** A tiny CLIP text model with random weights, frozen (closed vocabulary; the UNet learns to read it).
 4. **UNet.** ε-prediction on ``(noisy edited latent ‖ source latent)`` with the instruction's embedding,
    Stable Diffusion's scaled-linear 1000-step schedule, and InstructPix2Pix's conditioning dropout
@@ -56,11 +57,15 @@ class TrainConfig:
     """Number of source crops."""
     draws: int = 2
     """Independent outcomes per random edit and crop."""
-    vae_steps: int = 1500
+    vae_steps: int = 3500
     vae_batch: int = 32
     vae_crop: int = 32
     """The VAE trains on random ``vae_crop`` px patches of the crops (it is convolutional)."""
-    vae_lr: float = 1e-3
+    vae_lr: float = 5e-3
+    vae_sample: float = 0.0
+    """Posterior sampling during VAE training (0: decode the mean, a near-deterministic autoencoder)."""
+    vae_norm_groups: int = 4
+    """GroupNorm groups in the VAE (few groups keep colour statistics in a thin network)."""
     unet_steps: int = 3000
     unet_batch: int = 48
     unet_lr: float = 1e-3
@@ -133,7 +138,8 @@ def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, gen: torch.Generator)
         y, x0 = torch.randint(0, cfg.size - cfg.vae_crop + 1, (2,), generator=gen).tolist()
         x = batch[:, :, y : y + cfg.vae_crop, x0 : x0 + cfg.vae_crop].to(cfg.device) * 2 - 1
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(cfg.device)
+        noise = torch.randn(post.mean.shape, generator=gen).to(cfg.device)
+        z = post.mean + cfg.vae_sample * post.std * noise
         rec = vae.decode(z).sample
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
         opt.zero_grad(set_to_none=True)
@@ -199,7 +205,7 @@ def build(cfg: TrainConfig) -> Dict[str, object]:
     tmp = Path(tempfile.mkdtemp())
     try:
         comps = tiny_ip2p_components(
-            tmp / "tok", seed=cfg.seed, unet_channels=(32, 32, 64), vae_channels=(16, 32, 32), text_dim=64,
+            tmp / "tok", seed=cfg.seed, unet_channels=(32, 32, 64), vae_channels=(16, 32, 32), vae_norm_groups=cfg.vae_norm_groups, text_dim=64,
             text_layers=2, max_text_length=24,
         )
     finally:

@@ -1,0 +1,99 @@
+"""The embedded model: format, loading, size, that it edits, its trainer, and `csd2d demo`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from csd2d import EMBEDDED_MODEL, CSDEditor, IP2PGuidance
+from csd2d.demo import demo_panorama, demo_video
+from csd2d.imaging import pil_to_tensor
+from csd2d.metrics import edit_strength
+from csd2d.tiny import WEIGHTS_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return CSDEditor.from_pretrained(EMBEDDED_MODEL)
+
+
+def test_embedded_weights_format_and_size():
+    files = sorted(WEIGHTS_DIR.rglob("*.safetensors"))
+    assert {f.parent.name for f in files} == {"unet", "vae", "text_encoder"}
+    assert not list(WEIGHTS_DIR.rglob("*.bin")) and not list(WEIGHTS_DIR.rglob("*.pt"))
+    total = sum(f.stat().st_size for f in files)
+    assert total <= 20 * 1024 * 1024, total
+    card = json.loads((WEIGHTS_DIR / "model_card.json").read_text())
+    assert card["config"]["seed"] == 0 and len(card["unet_loss_curve"]) >= 10
+    curve = [loss for _, loss in card["unet_loss_curve"]]
+    assert curve[-1] < 0.2 * curve[0]  # it learned
+    assert set(card["instructions"].values()) == {"random", "deterministic"}
+
+
+def test_embedded_loads_like_instruct_pix2pix(embedded):
+    g = embedded.guidance
+    assert g.unet.config.in_channels == 8 and g.vae_scale_factor == 4
+    assert type(g.unet).__name__ == "UNet2DConditionModel" and type(g.vae).__name__ == "AutoencoderKL"
+    assert type(g.text_encoder).__name__ == "CLIPTextModel"
+    # The same loading path as a local diffusers folder.
+    again = IP2PGuidance.from_pretrained(WEIGHTS_DIR)
+    sd = load_file(WEIGHTS_DIR / "unet" / "diffusion_pytorch_model.safetensors")
+    key = next(iter(sd))
+    assert torch.equal(again.unet.state_dict()[key], sd[key])
+
+
+@pytest.mark.parametrize("instruction,least", [("make it grayscale", 0.3), ("invert the colors", 0.3)])
+def test_embedded_model_follows_deterministic_instructions(embedded, instruction, least):
+    img = demo_video(1, 64, 2)[0]
+    src = pil_to_tensor(img)[0]
+    out = embedded.edit_panorama(img, instruction, window=16, stride=16, batch=1, steps=40, lr=1.0,
+                                 image_guidance_scale=1.5, t_max=700, vae_tile=0, progress=False)
+    strength = edit_strength(pil_to_tensor(out)[0], src, instruction)
+    unrelated = edit_strength(pil_to_tensor(out)[0], src, "make it grayscale" if "invert" in instruction else "invert the colors")
+    assert strength > least and strength > unrelated, (strength, unrelated)
+
+
+def test_trainer_reproduces_weights_from_the_seed(tmp_path):
+    """The training script end to end at a tiny scale: same seed, byte-identical weights; loadable."""
+    code = (
+        "import sys; from csd2d.tiny.train import TrainConfig, main; from pathlib import Path; "
+        "main(TrainConfig(output=Path(sys.argv[1]), crops=24, vae_steps=3, vae_batch=4, unet_steps=3, unet_batch=4))"
+    )
+    for name in ("a", "b"):
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], capture_output=True, text=True,
+                             cwd=REPO, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert out.returncode == 0, out.stderr[-2000:]
+    for part in ("unet", "vae", "text_encoder"):
+        fname = "model.safetensors" if part == "text_encoder" else "diffusion_pytorch_model.safetensors"
+        a, b = load_file(tmp_path / "a" / part / fname), load_file(tmp_path / "b" / part / fname)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    card = json.loads((tmp_path / "a" / "model_card.json").read_text())
+    assert card["config"]["unet_steps"] == 3 and card["weights_bytes"] > 0
+    assert IP2PGuidance.from_pretrained(tmp_path / "a").vae_scale_factor == 4
+
+
+def test_demo_cli_writes_report_and_media(tmp_path):
+    from csd2d.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "--steps", "3", "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    for kind, metric in (("panorama", "seam_inconsistency"), ("video", "temporal_inconsistency")):
+        for instruction in ("recolor it", "make it night"):
+            entry = report[kind][instruction]
+            assert entry["csd"][metric] >= 0 and entry["baseline"][metric] >= 0
+    assert (out / "report.md").read_text().startswith("# CSD vs independent editing")
+    pngs, gifs = sorted(out.glob("panorama_*.png")), sorted(out.glob("video_*.gif"))
+    assert len(pngs) == 2 and len(gifs) == 2
+    with Image.open(pngs[0]) as sheet:
+        assert sheet.width == demo_panorama(96).width
+    assert main(["demo", "--output", str(out), "--steps", "3", "--no-progress"]) == 2  # exists: refuse
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
