@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 import tyro
 from PIL import Image
 
-from .demo import DemoConfig, compare_panorama, compare_video, demo_panorama, demo_video
+from .demo import PANORAMA_METRICS, DemoConfig, compare_panorama, compare_video, demo_panorama, demo_video
 from .editor import CSDEditor
 from .guidance import EMBEDDED_MODEL
 
@@ -54,11 +54,13 @@ def evaluate(editor: CSDEditor, cfg: EvalConfig) -> Dict:
     results: Dict = {"panorama": {}, "video": {}}
     for instruction in d.instructions:
         for name, image in panoramas.items():
-            runs = [compare_panorama(editor, image, instruction, dataclasses.replace(d.panorama, seed=s))[0]
+            runs = [compare_panorama(editor, image, instruction, dataclasses.replace(d.panorama, seed=s),
+                                     csd_lr_scale=d.csd_lr_scale)[0]
                     for s in cfg.seeds]
             results["panorama"][f"{name} | {instruction}"] = runs
         if cfg.video:
-            runs = [compare_video(editor, frames, instruction, dataclasses.replace(d.video, seed=s), d.video_shift)[0]
+            runs = [compare_video(editor, frames, instruction, dataclasses.replace(d.video, seed=s), d.video_shift,
+                                  csd_lr_scale=d.csd_lr_scale)[0]
                     for s in cfg.seeds]
             results["video"][f"demo | {instruction}"] = runs
     return results
@@ -67,7 +69,7 @@ def evaluate(editor: CSDEditor, cfg: EvalConfig) -> Dict:
 def summary_rows(results: Dict) -> List[str]:
     rows = ["| input | instruction | metric | CSD / baseline (mean) | min | max | CSD better | strength ratio |",
             "|---|---|---|---|---|---|---|---|"]
-    for kind, metrics in (("panorama", ("seam_inconsistency", "window_edit_spread")), ("video", ("temporal_inconsistency",))):
+    for kind, metrics in (("panorama", PANORAMA_METRICS), ("video", ("temporal_inconsistency",))):
         for case, runs in results[kind].items():
             name, instruction = case.split(" | ")
             for m in metrics:

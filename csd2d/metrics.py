@@ -19,6 +19,7 @@ __all__ = [
     "border_discontinuity",
     "seam_inconsistency",
     "window_edit_spread",
+    "colour_map_spread",
     "temporal_inconsistency",
     "edit_strength",
 ]
@@ -74,6 +75,28 @@ def window_edit_spread(edited: Tensor, source: Tensor, window: int, stride: int)
         for x in window_positions(diff.shape[-1], window, stride)
     ])
     return float((means - means.mean(0)).pow(2).mean().sqrt())
+
+
+def colour_map_spread(edited: Tensor, source: Tensor, window: int, stride: int, ridge: float = 1e-3) -> float:
+    """Disagreement between the colour edits applied in different windows, independent of their content.
+
+    For each window ``w`` (in pixels) fit the affine colour map ``M_w`` (4 × 3, ridge-regularised least
+    squares) taking the source's pixels ``[r, g, b, 1]`` to the edited ones. Apply every ``M_w`` to *all*
+    source pixels ``S`` and return ``sqrt(mean_{w, pixels, channels} (S M_w − mean_w S M_w)²)``. A global
+    per-pixel colour filter (hue rotation, tint, grayscale, inversion) gives the same map everywhere and
+    scores ≈ 0 whatever the content; windows that landed on different outcomes score high.
+    """
+    src = source.float().reshape(3, -1).T
+    homog = lambda x: torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # noqa: E731
+    maps = []
+    for y in window_positions(source.shape[-2], window, stride):
+        for x in window_positions(source.shape[-1], window, stride):
+            a = homog(source[:, y : y + window, x : x + window].float().reshape(3, -1).T)
+            b = edited[:, y : y + window, x : x + window].float().reshape(3, -1).T
+            gram = a.T @ a + ridge * a.shape[0] * torch.eye(4)
+            maps.append(torch.linalg.solve(gram, a.T @ b))
+    applied = torch.stack([homog(src) @ m for m in maps])  # [W, pixels, 3]
+    return float((applied - applied.mean(0)).pow(2).mean().sqrt())
 
 
 def temporal_inconsistency(edited: Tensor, source: Tensor, shift: int) -> float:

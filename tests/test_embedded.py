@@ -97,3 +97,29 @@ def test_demo_cli_writes_report_and_media(tmp_path):
         assert sheet.width == demo_panorama(96).width
     assert main(["demo", "--output", str(out), "--steps", "3", "--no-progress"]) == 2  # exists: refuse
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_csd_keeps_video_edits_consistent_across_seeds(embedded):
+    """The method's claim on the embedded model: for a random-outcome edit of a panning video, CSD's temporal
+    inconsistency per unit of edit strength is lower than independent editing's, in every one of 5 seeds."""
+    import dataclasses
+
+    from csd2d.demo import DemoConfig, compare_video
+
+    demo = DemoConfig()
+    frames = demo_video(8, demo.video_size, demo.video_shift)
+    cfg = dataclasses.replace(demo.video, steps=20, batch=8)
+    ratios = []
+    for seed in range(5):
+        entry, _ = compare_video(embedded, frames, "recolor it", dataclasses.replace(cfg, seed=seed),
+                                 demo.video_shift, csd_lr_scale=demo.csd_lr_scale)
+        per_strength = {k: entry[k]["temporal_inconsistency"] / max(entry[k]["edit_strength"], 1e-6)
+                        for k in ("baseline", "csd")}
+        ratios.append(per_strength["csd"] / per_strength["baseline"])
+        assert entry["csd"]["edit_strength"] > 0.5 * entry["baseline"]["edit_strength"], entry  # it still edits
+    print("per-strength temporal inconsistency ratios CSD/baseline:", [round(r, 3) for r in ratios])
+    assert max(ratios) < VIDEO_RATIO_BOUND, ratios
+
+
+VIDEO_RATIO_BOUND = 0.9
+"""Set from measurements of the committed model (see the closing note of issue 5), with a margin."""

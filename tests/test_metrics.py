@@ -70,3 +70,15 @@ def test_random_edits_are_random_and_deterministic_ones_are_not():
             assert spread == 0, name
     hue, chroma = chroma_plane(torch.tensor([[[[1.0]], [[0.0]], [[0.0]]]]))
     assert float(hue) == pytest.approx(0.0) and float(chroma) > 0
+
+
+def test_colour_map_spread_ignores_content_but_sees_mixed_outcomes():
+    from csd2d.metrics import colour_map_spread
+
+    src = 0.2 + 0.6 * _smooth(seed=5)
+    global_rot = hue_rotate(src[None], torch.tensor([1.2]))[0]
+    assert colour_map_spread(global_rot, src, 32, 16) < 0.01  # one filter everywhere, whatever the content
+    assert window_edit_spread(global_rot, src, 32, 16) > 0.03  # (the RGB-difference spread is fooled by content)
+    mixed = global_rot.clone()
+    mixed[:, :, 80:] = hue_rotate(src[None, :, :, 80:], torch.tensor([-1.2]))[0]
+    assert colour_map_spread(mixed, src, 32, 16) > 0.05

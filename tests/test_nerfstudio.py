@@ -229,6 +229,12 @@ def test_resume_and_render_from_checkpoint(sphere_scene, tiny_model_dir, tmp_pat
     steps = sorted(int(p.stem.split("-")[1]) for p in (second / "nerfstudio_models").glob("*.ckpt"))
     assert steps and steps[-1] >= 4  # continued from the loaded step, not from zero
 
+    # What ns-viewer / ns-eval do: rebuild the scene from config.yml in test mode, without the diffusion model.
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, step = eval_setup(second / "config.yml", test_mode="test")
+    assert isinstance(pipeline, CSDPipeline) and pipeline.guidance is None and step == steps[-1]
+
     c2w = json.loads((sphere_scene / "transforms.json").read_text())["frames"]
     path = {"camera_type": "perspective", "render_height": 16, "render_width": 16, "fps": 2, "seconds": 1,
             "camera_path": [{"camera_to_world": sum(f["transform_matrix"], []), "fov": 50, "aspect": 1}
