@@ -269,3 +269,20 @@ def test_splat_variant_trains_on_gpu(sphere_scene, tiny_model_dir, tmp_path):
                                                                base.pipeline.datamanager, data=sphere_scene,
                                                                dataparser=cfg.pipeline.datamanager.dataparser)))
     train(cfg)
+
+
+def test_loads_a_nerfacto_checkpoint_with_lpips_weights(sphere_scene, tiny_model_dir, tmp_path):
+    """--load-dir from a trained nerfacto: its checkpoint also holds LPIPS weights, which csd-edit's lazy LPIPS
+    does not have; the scene's weights must still load."""
+    source = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path / "src"))
+    with torch.no_grad():
+        for p in source.model.field.parameters():
+            p.add_(0.25)  # a "trained" scene that differs from a fresh one
+    state = dict(source.state_dict())
+    state["_model.lpips.net.scaling_layer.shift"] = torch.zeros(1, 3, 1, 1)  # as in nerfacto checkpoints
+    target = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path / "dst"))
+    first = next(iter(source.model.field.parameters()))
+    assert not torch.equal(first, next(iter(target.model.field.parameters())))
+    target.load_pipeline(state, step=0)
+    for (name, a), b in zip(source.model.field.state_dict().items(), target.model.field.state_dict().values()):
+        assert torch.equal(a, b), name
