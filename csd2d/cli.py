@@ -163,14 +163,13 @@ def _preview(before: List, after: List, path: Path) -> Path:
 
 def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
     """Execute parsed arguments; returns the output path."""
-    from .editor import CSDEditor
-    from .io import check_output, load_image, load_video, save_image, save_video
+    from .editor import CSDEditor, check_prompts
+    from .io import IMAGE_SUFFIXES, check_output, load_image, load_video, refuse_existing, save_image, save_video
 
     if isinstance(args, DemoArgs):
         from .demo import DemoConfig, report_markdown, run_demo
 
-        if args.output.exists() and not args.overwrite:
-            raise InputError(f"--output: {str(args.output)!r} already exists; pass --overwrite to replace it")
+        refuse_existing(args.output, args.overwrite)  # before loading the model
         device, dtype = _device_dtype(args)
         editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model")
         demo = DemoConfig(seed=args.seed)
@@ -183,18 +182,15 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
     check_output(args.input, args.output, args.overwrite)
     if isinstance(args, PanoramaArgs):
         image = load_image(args.input, "input")
-        prompts = list(args.prompts) if args.prompts else ([args.prompt] if args.prompt is not None else [])
-        if args.prompt is not None and args.prompts:
-            raise InputError("--prompt: expected either --prompt or --prompts, got both")
-        if args.output.suffix.lower() not in {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}:
-            raise InputError(f"--output: expected an image path (.png, .jpg, ...), got {str(args.output)!r}")
+        prompts = check_prompts(args.prompt, args.prompts)  # before loading the model
+        if args.output.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"--output: expected an image path ({', '.join(IMAGE_SUFFIXES)}), got {str(args.output)!r}")
     else:
         frames, fps = load_video(args.input, "input")
+        check_prompts(args.prompt, None)
     device, dtype = _device_dtype(args)
     editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model")
     if isinstance(args, PanoramaArgs):
-        if not prompts:
-            raise InputError("--prompt: expected an instruction (--prompt or --prompts), got none")
         out = editor.edit_panorama(image, prompts=prompts, config=args.config, progress=args.progress)
         save_image(out, args.output)
         before, after = [image], [out]

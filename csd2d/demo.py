@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from .config import PanoramaConfig, VideoConfig
 from .editor import CSDEditor
 from .imaging import pil_to_tensor
-from .io import InputError, atomic_dir, save_video
+from .io import atomic_dir, refuse_existing, save_video
 from .metrics import (colour_map_spread, edit_strength, seam_inconsistency, temporal_inconsistency,
                       window_edit_spread)
 from .tiny.edits import RANDOM_EDITS
@@ -33,14 +33,17 @@ PANORAMA_METRICS = ("colour_map_spread", "seam_inconsistency", "window_edit_spre
 __all__ = ["DemoConfig", "compare_panorama", "compare_video", "demo_panorama", "demo_video", "run_demo"]
 
 
+_DEMO_EDIT = dict(steps=40, lr=0.5, decay_every=20, image_guidance_scale=2.5, guidance_scale=7.5, t_min=20,
+                  t_max=600, vae_tile=0)
+"""Editing settings both demo inputs share (tuned for the embedded model; see the issue-5 closing note)."""
+
+
 def _demo_pano_config() -> PanoramaConfig:
-    return PanoramaConfig(window=16, stride=4, batch=8, steps=40, lr=0.5, decay_every=20,
-                          image_guidance_scale=2.5, guidance_scale=7.5, t_min=20, t_max=600, vae_tile=0)
+    return PanoramaConfig(window=16, stride=4, batch=8, **_DEMO_EDIT)
 
 
 def _demo_video_config() -> VideoConfig:
-    return VideoConfig(batch=12, overlap=2, steps=40, lr=0.5, decay_every=20, image_guidance_scale=2.5,
-                       guidance_scale=7.5, t_min=20, t_max=600, vae_tile=0)
+    return VideoConfig(batch=12, overlap=2, **_DEMO_EDIT)
 
 
 @dataclass
@@ -167,8 +170,7 @@ def run_demo(editor: CSDEditor, output: Path, config: DemoConfig = DemoConfig(),
              overwrite: bool = False) -> Dict:
     """Run the comparison, write images, ``report.json`` and ``report.md`` into ``output`` (atomically)."""
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise InputError(f"output: {str(output)!r} already exists; pass --overwrite to replace it")
+    refuse_existing(output, overwrite)
     pano_cfg = dataclasses.replace(config.panorama, seed=config.seed)
     video_cfg = dataclasses.replace(config.video, seed=config.seed)
     report: Dict = {"model": "embedded", "seed": config.seed, "panorama": {}, "video": {}}

@@ -14,10 +14,11 @@ from .io import InputError
 from .panorama import edit_panorama
 from .video import edit_video
 
-__all__ = ["CSDEditor"]
+__all__ = ["CSDEditor", "check_prompts"]
 
 
-def _check_prompts(prompt: Optional[str], prompts: Optional[Sequence[str]]) -> List[str]:
+def check_prompts(prompt: Optional[str], prompts: Optional[Sequence[str]]) -> List[str]:
+    """The instructions to use: exactly one of ``prompt`` / ``prompts``, each non-empty."""
     if prompt is not None and prompts:
         raise InputError("prompt: expected either prompt or prompts, got both")
     chosen = [prompt] if prompt is not None else list(prompts or [])
@@ -79,7 +80,7 @@ class CSDEditor:
         if not isinstance(image, Image.Image):
             raise InputError(f"image: expected a PIL.Image, got {type(image).__name__}")
         cfg = with_overrides(config or PanoramaConfig(), **overrides)
-        return edit_panorama(self.guidance, image, _check_prompts(prompt, prompts), cfg, callback, progress)
+        return edit_panorama(self.guidance, image, check_prompts(prompt, prompts), cfg, callback, progress)
 
     def edit_video(
         self,
@@ -95,7 +96,7 @@ class CSDEditor:
 
         ``config`` is a :class:`VideoConfig`; keyword ``overrides`` replace single fields.
         """
-        (prompt,) = _check_prompts(prompt, None)
+        (prompt,) = check_prompts(prompt, None)
         frames = list(frames)
         if not all(isinstance(f, Image.Image) for f in frames):
             raise InputError("frames: expected a list of PIL images")

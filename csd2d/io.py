@@ -22,6 +22,8 @@ __all__ = [
     "save_video",
     "atomic_dir",
     "check_output",
+    "check_same_size",
+    "refuse_existing",
     "split_alpha",
 ]
 
@@ -142,13 +144,18 @@ def load_video(path: Path, arg: str = "input") -> Tuple[List[Image.Image], float
             raise InputError(f"{arg}: expected a readable video, could not decode {str(path)!r}: {err}") from err
     if not frames:
         raise InputError(f"{arg}: expected at least one frame, got none in {str(path)!r}")
-    sizes = {f.size for f in frames}
-    if len(sizes) > 1:
-        first = frames[0].size
-        bad = next(i for i, f in enumerate(frames) if f.size != first)
-        raise InputError(f"{arg}: expected all frames of one size, frame 0 is {first[0]}x{first[1]} but frame "
-                         f"{bad} is {frames[bad].size[0]}x{frames[bad].size[1]}")
+    check_same_size(frames, arg)
     return frames, fps
+
+
+def check_same_size(frames: Sequence[Image.Image], arg: str = "frames") -> Tuple[int, int]:
+    """Return the frames' common ``(width, height)``; refuse frames of different sizes, naming the first one."""
+    first = frames[0].size
+    for i, frame in enumerate(frames):
+        if frame.size != first:
+            raise InputError(f"{arg}: expected all frames of one size, frame 0 is {first[0]}x{first[1]} but "
+                             f"frame {i} is {frame.size[0]}x{frame.size[1]}")
+    return first
 
 
 def save_video(frames: Sequence[Image.Image], path: Path, fps: float) -> Path:
@@ -186,9 +193,14 @@ def _even(a: np.ndarray) -> np.ndarray:
     return np.pad(a, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
+def refuse_existing(output: Path, overwrite: bool) -> None:
+    """Refuse an output that exists unless ``overwrite``."""
+    if Path(output).exists() and not overwrite:
+        raise InputError(f"output: {str(output)!r} already exists; pass --overwrite to replace it")
+
+
 def check_output(input_path: Path, output: Path, overwrite: bool) -> None:
     """Refuse an output that is the input, or that exists without ``overwrite``."""
     if Path(output).resolve() == Path(input_path).resolve():
         raise InputError(f"output: expected a path different from the input, got {str(output)!r} (the input)")
-    if Path(output).exists() and not overwrite:
-        raise InputError(f"output: {str(output)!r} already exists; pass --overwrite to replace it")
+    refuse_existing(output, overwrite)

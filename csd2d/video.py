@@ -11,7 +11,7 @@ from .config import VideoConfig
 from .csd import optimize_latents
 from .guidance import IP2PGuidance
 from .imaging import from_model_size, pil_to_tensor, progress_bar, tensor_to_pil, to_model_size
-from .io import InputError, split_alpha
+from .io import InputError, check_same_size, split_alpha
 
 __all__ = ["chunk_ranges", "edit_video"]
 
@@ -59,11 +59,7 @@ def edit_video(
     if len(frames) == 0:
         raise InputError("frames: expected at least one frame, got an empty list")
     rgb = [split_alpha(f)[0] for f in frames]
-    size = rgb[0].size
-    for i, frame in enumerate(rgb):
-        if frame.size != size:
-            raise InputError(f"frames: expected all frames of one size, frame 0 is {size[0]}x{size[1]} but "
-                             f"frame {i} is {frame.size[0]}x{frame.size[1]}")
+    size = check_same_size(rgb, "frames")
     f = guidance.vae_scale_factor
     device = guidance.device
     x = torch.cat([pil_to_tensor(to_model_size(frame, f)) for frame in rgb]).to(device)
@@ -74,11 +70,11 @@ def edit_video(
     chunks = chunk_ranges(len(rgb), config.batch, config.overlap)
     gen = torch.Generator().manual_seed(config.seed)
     total = len(chunks) * config.steps
+    emb = guidance.encode_prompt([prompt]).float()
+    src_emb = guidance.encode_prompt([config.source_prompt]).float()
     with progress_bar(total, progress, "video") as bar:
         for c, (start, end, anchors) in enumerate(chunks):
             n = end - start
-            emb = guidance.encode_prompt([prompt]).float().expand(n, -1, -1)
-            src_emb = guidance.encode_prompt([config.source_prompt]).float().expand(n, -1, -1)
 
             def on_step(step: int, c: int = c) -> None:
                 bar.update(1)
@@ -86,7 +82,7 @@ def edit_video(
                     callback(c * config.steps + step, total, target)
 
             chunk = target[start:end]
-            optimize_latents(guidance, chunk, source[start:end], emb, src_emb, config, generator=gen,
-                             anchors=anchors, on_step=on_step)
+            optimize_latents(guidance, chunk, source[start:end], emb.expand(n, -1, -1),
+                             src_emb.expand(n, -1, -1), config, generator=gen, anchors=anchors, on_step=on_step)
     out = guidance.decode_latents(target, max_batch=config.batch, tile=config.vae_tile, overlap=config.vae_overlap)
     return [from_model_size(tensor_to_pil(img), size) for img in out]

@@ -273,6 +273,14 @@ class CSDPipeline(VanillaPipeline):
         h, w = int(camera.height), int(camera.width)
         return max(f, round(h / f) * f), max(f, round(w / f) * f)
 
+    def _original(self, index: int, size: Tuple[int, int], device) -> Tensor:
+        """Original photo ``index`` resized to the edit size: ``[1, 3, h, w]``."""
+        return _resize(self.images.original(index).permute(2, 0, 1)[None].to(device), size)
+
+    def _embeddings(self, n: int) -> Tuple[Tensor, Tensor]:
+        """Instruction and source-prompt embeddings for ``n`` particles."""
+        return self.text_emb.float().expand(n, -1, -1), self.source_emb.float().expand(n, -1, -1)
+
     @torch.no_grad()
     def make_job(self, update: int) -> EditJob:
         """Render the views of update ``update`` (on the scene's device, no gradients)."""
@@ -284,8 +292,8 @@ class CSDPipeline(VanillaPipeline):
             size = self._edit_size(camera)
             rgb = self.model.get_outputs_for_camera(camera)["rgb"]
             renders.append(_resize(rgb.permute(2, 0, 1)[None], size))
-            originals.append(_resize(self.images.original(i).permute(2, 0, 1)[None].to(rgb.device), size))
-            sizes.append(tuple(self.images.get(i).shape[:2]))
+            originals.append(self._original(i, size, rgb.device))
+            sizes.append(tuple(self.images.originals[i].shape[:2]))
         self.model.train()
         return EditJob(update, indices, torch.cat(renders).cpu(), torch.cat(originals).cpu(), sizes)
 
@@ -299,8 +307,7 @@ class CSDPipeline(VanillaPipeline):
         source = g.encode_images(job.originals.to(g.device), max_batch=cfg.max_batch).float()
         target = g.encode_images(job.renders.to(g.device), max_batch=cfg.max_batch).float()
         with torch.no_grad():
-            optimize_latents(g, target, source, self.text_emb.float().expand(n, -1, -1),
-                             self.source_emb.float().expand(n, -1, -1), cfg, generator=self._generator(job.update))
+            optimize_latents(g, target, source, *self._embeddings(n), cfg, generator=self._generator(job.update))
         return g.decode_latents(target, max_batch=cfg.max_batch).cpu()
 
     def apply_job(self, job: EditJob, edited: Tensor) -> None:
@@ -325,9 +332,8 @@ class CSDPipeline(VanillaPipeline):
             self.apply_job(*self._pending.result())
             self._pending = None
 
-    def _render_with_grad(self, index: int) -> Tensor:
-        """Render training view ``index`` (downscaled) with gradients: ``[3, h, w]``."""
-        camera = self._camera(index)
+    def _render_with_grad(self, camera: Cameras, index: int) -> Tensor:
+        """Render training view ``index`` through ``camera`` (its downscaled copy) with gradients: ``[3, h, w]``."""
         if isinstance(self.model, SplatfactoModel):  # rasterises whole cameras
             rgb = self.model.get_outputs(camera)["rgb"]
             return rgb[0].permute(2, 0, 1) if rgb.ndim == 4 else rgb.permute(2, 0, 1)
@@ -346,15 +352,16 @@ class CSDPipeline(VanillaPipeline):
         n = len(indices)
         renders, originals = [], []
         for i in indices:
-            rgb = self._render_with_grad(i)
-            size = self._edit_size(self._camera(i))
+            camera = self._camera(i)
+            size = self._edit_size(camera)
+            rgb = self._render_with_grad(camera, i)
             renders.append(_resize(rgb[None], size))
-            originals.append(_resize(self.images.original(i).permute(2, 0, 1)[None].to(rgb.device), size))
+            originals.append(self._original(i, size, rgb.device))
         latents = g.encode_images(torch.cat(renders).to(g.device), requires_grad=True).float()
         source = g.encode_images(torch.cat(originals).to(g.device)).float()
         cfg = self.config.edit_config()
-        step = csd_edit_step(g, latents.detach(), source, self.text_emb.float().expand(n, -1, -1),
-                             self.source_emb.float().expand(n, -1, -1), cfg, generator=self._generator(update))
+        step = csd_edit_step(g, latents.detach(), source, *self._embeddings(n), cfg,
+                             generator=self._generator(update))
         target = (latents - step.grad.float()).detach()
         self.edited_views.append(indices)
         loss = 0.5 * F.mse_loss(latents, target, reduction="sum") / n
