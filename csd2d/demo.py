@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -33,8 +34,8 @@ PANORAMA_METRICS = ("colour_map_spread", "seam_inconsistency", "window_edit_spre
 __all__ = ["DemoConfig", "compare_panorama", "compare_video", "demo_panorama", "demo_video", "run_demo"]
 
 
-_DEMO_EDIT = dict(steps=40, lr=0.5, decay_every=20, image_guidance_scale=2.5, guidance_scale=7.5, t_min=20,
-                  t_max=600, vae_tile=0)
+_DEMO_EDIT = dict(steps=20, lr=0.5, decay_every=20, image_guidance_scale=5.0, guidance_scale=3.0, t_min=20,
+                  t_max=900, vae_tile=0)
 """Editing settings both demo inputs share (tuned for the embedded model; see the issue-5 closing note)."""
 
 
@@ -55,9 +56,12 @@ class DemoConfig:
     panorama: PanoramaConfig = field(default_factory=_demo_pano_config)
     video: VideoConfig = field(default_factory=_demo_video_config)
     csd_lr_scale: float = 4.0
-    """CSD's learning rate relative to the baseline's. ``csd_gradient`` averages with weight 1/N while the
-    off-diagonal kernel weights are small, so at one learning rate CSD edits far less than independent
+    """CSD's (starting) learning rate relative to the baseline's. ``csd_gradient`` averages with weight 1/N while
+    the off-diagonal kernel weights are small, so at one learning rate CSD edits far less than independent
     editing; this factor brings the two to comparable edit strength (both strengths are reported)."""
+    match_strength: bool = True
+    """Search CSD's learning rate (starting from ``csd_lr_scale``) until its edit strength is within 10 % of the
+    baseline's, so that consistency is compared at matched strength."""
     panorama_height: int = 64
     """Panorama height in pixels (each photo is resized to it)."""
     video_frames: int = 12
@@ -112,54 +116,111 @@ def _t(images) -> torch.Tensor:
     return torch.cat([pil_to_tensor(i) for i in images])
 
 
-def _arms(config, csd_lr_scale: float):
-    """The two runs compared: independent (baseline) and CSD with its learning rate scaled."""
-    return (("baseline", dataclasses.replace(config, coupling=False)),
-            ("csd", dataclasses.replace(config, coupling=True, lr=config.lr * csd_lr_scale)))
+STRENGTH_TOLERANCE = 0.1
+"""CSD and the baseline count as matched when their edit strengths differ by at most this fraction."""
+
+
+def match_learning_rate(run: Callable[[float], Tuple[float, object]], target: float, scale: float,
+                        tolerance: float = STRENGTH_TOLERANCE, tries: int = 4) -> Tuple[float, float, object, int]:
+    """Find a learning-rate scale at which ``run(scale) -> (strength, output)`` reaches ``target`` strength
+    within ``tolerance`` (relative), by secant steps on ``log strength`` against ``log scale``.
+
+    Starts at ``scale``; returns ``(scale, strength, output, runs)`` of the closest run. With a non-positive
+    target or strength (an edit that did not happen) it stops after the first run.
+    """
+    best = None
+    history: List[Tuple[float, float]] = []
+    for attempt in range(tries):
+        strength, output = run(scale)
+        error = abs(strength / target - 1) if target > 0 else math.inf
+        if best is None or error < best[0]:
+            best = (error, scale, strength, output)
+        if error <= tolerance or target <= 0 or strength <= 0:
+            break
+        history.append((math.log(scale), math.log(strength)))
+        slope = 1.0  # strength ∝ scale until two runs give a measured slope
+        if len(history) >= 2:
+            (x0, y0), (x1, y1) = history[-2:]
+            if abs(x1 - x0) > 1e-6:
+                slope = min(max((y1 - y0) / (x1 - x0), 0.2), 3.0)
+        scale = math.exp(history[-1][0] + (math.log(target) - history[-1][1]) / slope)
+    _, scale, strength, output = best
+    return scale, strength, output, attempt + 1
+
+
+def _compare(run: Callable[[object], Tuple[Dict, object]], config, csd_lr_scale: float,
+             match_strength: bool, keys: Tuple[str, ...]) -> Tuple[Dict, Dict]:
+    """Run the independent baseline (``coupling=False``) and CSD (same seed); CSD's learning rate is
+    ``csd_lr_scale`` × the baseline's, adjusted by :func:`match_learning_rate` when ``match_strength``."""
+    entry: Dict = {}
+    outs: Dict = {}
+    entry["baseline"], outs["baseline"] = run(dataclasses.replace(config, coupling=False))
+
+    def run_csd(scale: float):
+        metrics, out = run(dataclasses.replace(config, coupling=True, lr=config.lr * scale))
+        return metrics["edit_strength"], (metrics, out)
+
+    if match_strength:
+        scale, _, (metrics, out), runs = match_learning_rate(run_csd, entry["baseline"]["edit_strength"],
+                                                             csd_lr_scale)
+    else:
+        scale, runs = csd_lr_scale, 1
+        _, (metrics, out) = run_csd(scale)
+    entry["csd"], outs["csd"] = metrics, out
+    ratios = _ratios(entry, keys + ("edit_strength",))
+    entry["ratio_csd_over_baseline"] = ratios
+    entry["csd_lr_scale"] = round(scale, 4)
+    entry["csd_runs"] = runs
+    entry["matched_strength"] = abs(ratios["edit_strength"] - 1) <= STRENGTH_TOLERANCE
+    return entry, outs
 
 
 def compare_panorama(editor: CSDEditor, image: Image.Image, instruction: str, config: PanoramaConfig,
-                     progress: bool = False, csd_lr_scale: float = 1.0) -> Tuple[Dict, Dict[str, Image.Image]]:
-    """Edit ``image`` with the independent baseline and with CSD (same seed); return metrics and outputs."""
+                     progress: bool = False, csd_lr_scale: float = 1.0,
+                     match_strength: bool = False) -> Tuple[Dict, Dict[str, Image.Image]]:
+    """Edit ``image`` with the independent baseline and with CSD (same seed); return metrics and outputs.
+
+    With ``match_strength`` CSD's learning rate is searched (from ``csd_lr_scale`` × the baseline's) until its
+    edit strength is within :data:`STRENGTH_TOLERANCE` of the baseline's; ``entry["matched_strength"]`` says
+    whether that was reached, ``entry["csd_lr_scale"]`` which scale was used.
+    """
     f = editor.guidance.vae_scale_factor
     src = _t([image])[0]
     win, stride = config.window * f, config.stride * f
-    entry: Dict = {}
-    outs: Dict[str, Image.Image] = {}
-    for name, arm in _arms(config, csd_lr_scale):
+
+    def run(arm):
         t0 = time.time()
         out = editor.edit_panorama(image, instruction, config=arm, progress=progress)
         ed = _t([out])[0]
-        outs[name] = out
-        entry[name] = {
+        return {
             "seam_inconsistency": seam_inconsistency(ed, src, win, stride),
             "window_edit_spread": window_edit_spread(ed, src, win, stride),
             "colour_map_spread": colour_map_spread(ed, src, win, stride),
             "edit_strength": edit_strength(ed, src, instruction),
             "seconds": round(time.time() - t0, 2),
-        }
-    entry["ratio_csd_over_baseline"] = _ratios(entry, PANORAMA_METRICS + ("edit_strength",))
-    return entry, outs
+        }, out
+
+    return _compare(run, config, csd_lr_scale, match_strength, PANORAMA_METRICS)
 
 
 def compare_video(editor: CSDEditor, frames: List[Image.Image], instruction: str, config: VideoConfig, shift: int,
-                  progress: bool = False, csd_lr_scale: float = 1.0) -> Tuple[Dict, Dict[str, List[Image.Image]]]:
-    """Edit a panning video with the baseline and with CSD (same seed); return metrics and outputs."""
+                  progress: bool = False, csd_lr_scale: float = 1.0,
+                  match_strength: bool = False) -> Tuple[Dict, Dict[str, List[Image.Image]]]:
+    """Edit a panning video with the baseline and with CSD (same seed); return metrics and outputs
+    (``match_strength`` as in :func:`compare_panorama`)."""
     src = _t(frames)
-    entry: Dict = {}
-    outs: Dict[str, List[Image.Image]] = {}
-    for name, arm in _arms(config, csd_lr_scale):
+
+    def run(arm):
         t0 = time.time()
         out = editor.edit_video(frames, instruction, config=arm, progress=progress)
         ed = _t(out)
-        outs[name] = out
-        entry[name] = {
+        return {
             "temporal_inconsistency": temporal_inconsistency(ed, src, shift),
             "edit_strength": edit_strength(ed, src, instruction),
             "seconds": round(time.time() - t0, 2),
-        }
-    entry["ratio_csd_over_baseline"] = _ratios(entry, ("temporal_inconsistency", "edit_strength"))
-    return entry, outs
+        }, out
+
+    return _compare(run, config, csd_lr_scale, match_strength, ("temporal_inconsistency",))
 
 
 def _ratios(entry: Dict, keys) -> Dict[str, float]:
@@ -182,12 +243,13 @@ def run_demo(editor: CSDEditor, output: Path, config: DemoConfig = DemoConfig(),
         report["video_input"] = {"frames": len(frames), "size": config.video_size, "shift_px": config.video_shift}
         for instruction in config.instructions:
             slug = instruction.replace(" ", "_")
-            entry, outs = compare_panorama(editor, pano, instruction, pano_cfg, progress, config.csd_lr_scale)
+            entry, outs = compare_panorama(editor, pano, instruction, pano_cfg, progress, config.csd_lr_scale,
+                                           config.match_strength)
             report["panorama"][instruction] = entry
             _stack([pano, outs["baseline"], outs["csd"]], ["input", "independent (baseline)", "CSD"],
                    vertical=True).save(tmp / f"panorama_{slug}.png")
             entry, vids = compare_video(editor, frames, instruction, video_cfg, config.video_shift, progress,
-                                        config.csd_lr_scale)
+                                        config.csd_lr_scale, config.match_strength)
             report["video"][instruction] = entry
             sheets = [_stack([a, b, c], ["input", "baseline", "CSD"], vertical=False)
                       for a, b, c in zip(frames, vids["baseline"], vids["csd"])]
@@ -202,7 +264,8 @@ def run_demo(editor: CSDEditor, output: Path, config: DemoConfig = DemoConfig(),
 def report_markdown(report: Dict) -> str:
     """A short human-readable table of ``report`` (lower inconsistency is better)."""
     lines = ["# CSD vs independent editing (embedded model)", "",
-             "Lower inconsistency is better; edit strength should match between the two (same instruction).", "",
+             "Lower inconsistency is better. A comparison is fair when the edit strengths match (within "
+             f"{STRENGTH_TOLERANCE:.0%}); CSD's learning rate is searched for that (its scale is listed).", "",
              "| input | instruction | metric | independent | CSD | CSD / independent |", "|---|---|---|---|---|---|"]
     for kind, metrics in (("panorama", PANORAMA_METRICS + ("edit_strength",)),
                           ("video", ("temporal_inconsistency", "edit_strength"))):
@@ -210,5 +273,7 @@ def report_markdown(report: Dict) -> str:
             for m in metrics:
                 b, c = entry["baseline"][m], entry["csd"][m]
                 lines.append(f"| {kind} | {instruction} | {m} | {b:.4f} | {c:.4f} | {c / max(b, 1e-8):.2f} |")
+            lines.append(f"| {kind} | {instruction} | strength matched | | lr × {entry['csd_lr_scale']:.2f} | "
+                         f"{'yes' if entry['matched_strength'] else 'no'} |")
     lines += ["", f"Total time: {report.get('seconds', 0)} s."]
     return "\n".join(lines) + "\n"

@@ -55,20 +55,20 @@ def evaluate(editor: CSDEditor, cfg: EvalConfig) -> Dict:
     for instruction in d.instructions:
         for name, image in panoramas.items():
             runs = [compare_panorama(editor, image, instruction, dataclasses.replace(d.panorama, seed=s),
-                                     csd_lr_scale=d.csd_lr_scale)[0]
+                                     csd_lr_scale=d.csd_lr_scale, match_strength=d.match_strength)[0]
                     for s in cfg.seeds]
             results["panorama"][f"{name} | {instruction}"] = runs
         if cfg.video:
             runs = [compare_video(editor, frames, instruction, dataclasses.replace(d.video, seed=s), d.video_shift,
-                                  csd_lr_scale=d.csd_lr_scale)[0]
+                                  csd_lr_scale=d.csd_lr_scale, match_strength=d.match_strength)[0]
                     for s in cfg.seeds]
             results["video"][f"demo | {instruction}"] = runs
     return results
 
 
 def summary_rows(results: Dict) -> List[str]:
-    rows = ["| input | instruction | metric | CSD / baseline (mean) | min | max | CSD better | strength ratio |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| input | instruction | metric | CSD / baseline (mean) | min | max | CSD better | strength ratio | "
+            "matched |", "|---|---|---|---|---|---|---|---|---|"]
     for kind, metrics in (("panorama", PANORAMA_METRICS), ("video", ("temporal_inconsistency",))):
         for case, runs in results[kind].items():
             name, instruction = case.split(" | ")
@@ -76,9 +76,10 @@ def summary_rows(results: Dict) -> List[str]:
                 ratios = [r["ratio_csd_over_baseline"][m] for r in runs]
                 strength = [r["ratio_csd_over_baseline"]["edit_strength"] for r in runs]
                 better = sum(r["csd"][m] < r["baseline"][m] for r in runs)
+                matched = sum(r["matched_strength"] for r in runs)
                 rows.append(f"| {kind}: {name} | {instruction} | {m} | {sum(ratios) / len(ratios):.2f} | "
                             f"{min(ratios):.2f} | {max(ratios):.2f} | {better}/{len(runs)} | "
-                            f"{sum(strength) / len(strength):.2f} |")
+                            f"{sum(strength) / len(strength):.2f} | {matched}/{len(runs)} |")
     return rows
 
 

@@ -51,19 +51,25 @@ def test_embedded_loads_like_instruct_pix2pix(embedded):
 
 
 def test_embedded_model_follows_instructions_selectively(embedded):
-    """Score distillation with each instruction; "recolor it" must shift hue, and "invert the colors" must
-    invert, more than any other instruction does (grayscale and night are weak under SDS with this model; see
-    the model card), by a clear margin."""
+    """Score distillation with each instruction, then every output measured with every instruction's strength.
+    "make it night" and "invert the colors" must move their own measure far more than any other instruction
+    does; "recolor it" must turn the hue by more than 60° while keeping the brightness and not inverting.
+    ("make it grayscale" is not followed under score distillation by this model; see its model card.)"""
     img = demo_panorama(64).crop((0, 0, 128, 64))
     src = pil_to_tensor(img)[0]
     names = ["recolor it", "make it night", "make it grayscale", "invert the colors"]
     outs = {n: pil_to_tensor(embedded.edit_panorama(img, n, window=16, stride=8, batch=8, steps=40, lr=1.0,
                                                     image_guidance_scale=1.5, t_max=700, vae_tile=0,
                                                     progress=False))[0] for n in names}
-    for target in ("recolor it", "invert the colors"):
-        own = edit_strength(outs[target], src, target)
-        others = [edit_strength(outs[n], src, target) for n in names if n != target]
-        assert own > 1.1 * max(others) and own > 0, (target, own, others)
+    strength = {(made, measured): edit_strength(outs[made], src, measured) for made in names for measured in names}
+    print({k: round(v, 3) for k, v in strength.items()})
+    for target in ("make it night", "invert the colors"):
+        own = strength[target, target]
+        others = [strength[n, target] for n in names if n != target]
+        assert own > 0.3 and own > 1.5 * max(others), (target, own, others)
+    assert strength["recolor it", "recolor it"] > 60
+    assert abs(strength["recolor it", "make it night"]) < 0.2  # brightness kept
+    assert strength["recolor it", "invert the colors"] < 0.5 * strength["invert the colors", "invert the colors"]
 
 
 def test_trainer_reproduces_weights_from_the_seed(tmp_path):
@@ -104,27 +110,73 @@ def test_demo_cli_writes_report_and_media(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def _seed_sweep(compare, metric: str, seeds=range(5)):
+    """CSD/baseline ratios of ``metric`` over seeds, each at matched edit strength."""
+    ratios = []
+    for seed in seeds:
+        entry = compare(seed)
+        assert entry["matched_strength"], entry  # the comparison is at equal edit strength (within 10 %)
+        ratios.append(entry["ratio_csd_over_baseline"][metric])
+    print(f"{metric} CSD/baseline at matched strength:", [round(r, 3) for r in ratios])
+    return ratios
+
+
 def test_csd_keeps_video_edits_consistent_across_seeds(embedded):
-    """The method's claim on the embedded model: for a random-outcome edit of a panning video, CSD's temporal
-    inconsistency per unit of edit strength is lower than independent editing's, in every one of 5 seeds."""
+    """The method's claim on the embedded model: for a random-outcome edit of a panning video, at matched edit
+    strength, CSD's temporal inconsistency is lower than independent editing's in every one of 5 seeds."""
     import dataclasses
 
-    from csd2d.demo import DemoConfig, compare_video
+    from csd2d.demo import compare_video
 
     demo = DemoConfig()
     frames = demo_video(8, demo.video_size, demo.video_shift)
     cfg = dataclasses.replace(demo.video, steps=20, batch=8)
-    ratios = []
-    for seed in range(5):
-        entry, _ = compare_video(embedded, frames, "recolor it", dataclasses.replace(cfg, seed=seed),
-                                 demo.video_shift, csd_lr_scale=demo.csd_lr_scale)
-        per_strength = {k: entry[k]["temporal_inconsistency"] / max(entry[k]["edit_strength"], 1e-6)
-                        for k in ("baseline", "csd")}
-        ratios.append(per_strength["csd"] / per_strength["baseline"])
-        assert entry["csd"]["edit_strength"] > 0.5 * entry["baseline"]["edit_strength"], entry  # it still edits
-    print("per-strength temporal inconsistency ratios CSD/baseline:", [round(r, 3) for r in ratios])
+    ratios = _seed_sweep(lambda seed: compare_video(
+        embedded, frames, "recolor it", dataclasses.replace(cfg, seed=seed), demo.video_shift,
+        csd_lr_scale=demo.csd_lr_scale, match_strength=True)[0], "temporal_inconsistency")
     assert max(ratios) < VIDEO_RATIO_BOUND, ratios
 
 
+def test_csd_keeps_panorama_edits_consistent_across_seeds(embedded):
+    """The same on a panorama: at matched strength, CSD's windows agree on one colour map (colour-map spread)
+    better than independently edited windows do, in every one of 5 seeds."""
+    import dataclasses
+
+    from csd2d.demo import compare_panorama
+
+    demo = DemoConfig()
+    pano = demo_panorama(demo.panorama_height)
+    cfg = dataclasses.replace(demo.panorama, steps=20)
+    ratios = _seed_sweep(lambda seed: compare_panorama(
+        embedded, pano, "recolor it", dataclasses.replace(cfg, seed=seed), csd_lr_scale=demo.csd_lr_scale,
+        match_strength=True)[0], "colour_map_spread")
+    assert max(ratios) < PANORAMA_RATIO_BOUND, ratios
+
+
 VIDEO_RATIO_BOUND = 0.9
-"""Set from measurements of the committed model (see the closing note of issue 5), with a margin."""
+PANORAMA_RATIO_BOUND = 0.95
+"""Set from measurements of the committed model with a margin: over seeds 0–4 the ratios were 0.55–0.82 (video,
+8 frames) and 0.65–0.86 (panorama); see the closing note of issue 5."""
+
+
+def test_evaluate_sweeps_seeds_and_extra_photos(embedded, tmp_path):
+    """``python -m csd2d.evaluate`` end to end at a tiny scale: every case and seed is reported, with the
+    strength-matching outcome, and an extra photo is edited as a panorama."""
+    import dataclasses
+
+    from csd2d.evaluate import EvalConfig, evaluate, summary_rows
+
+    photo = tmp_path / "wide.png"
+    demo_panorama(48).save(photo)
+    demo = DemoConfig(instructions=("recolor it",), video_frames=4)
+    demo = dataclasses.replace(demo, panorama=dataclasses.replace(demo.panorama, steps=2),
+                               video=dataclasses.replace(demo.video, steps=2, batch=4))
+    results = evaluate(embedded, EvalConfig(seeds=(0, 1), images=(photo,), demo=demo))
+    assert sorted(results["panorama"]) == ["demo | recolor it", "wide.png | recolor it"]
+    for runs in list(results["panorama"].values()) + list(results["video"].values()):
+        assert len(runs) == 2
+        for r in runs:
+            assert r["csd_runs"] >= 1 and r["csd_lr_scale"] > 0
+            assert r["matched_strength"] == (abs(r["ratio_csd_over_baseline"]["edit_strength"] - 1) <= 0.1)
+    rows = summary_rows(results)
+    assert rows[0].endswith("matched |") and len(rows) == 2 + 2 * 3 + 1

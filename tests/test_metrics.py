@@ -82,3 +82,30 @@ def test_colour_map_spread_ignores_content_but_sees_mixed_outcomes():
     mixed = global_rot.clone()
     mixed[:, :, 80:] = hue_rotate(src[None, :, :, 80:], torch.tensor([-1.2]))[0]
     assert colour_map_spread(mixed, src, 32, 16) > 0.05
+
+
+@pytest.mark.parametrize("power", [0.5, 1.0, 2.0])
+def test_learning_rate_matching_reaches_the_target_strength(power):
+    """The demo's strength matching: on a monotone strength(scale) law it lands within the tolerance and
+    reports the scale it used."""
+    from csd2d.demo import STRENGTH_TOLERANCE, match_learning_rate
+
+    calls = []
+
+    def run(scale):
+        calls.append(scale)
+        return 7.0 * scale**power, f"out@{scale}"
+
+    scale, strength, out, runs = match_learning_rate(run, target=60.0, scale=4.0)
+    assert abs(strength / 60.0 - 1) <= STRENGTH_TOLERANCE
+    assert out == f"out@{scale}" and runs == len(calls) <= 4
+    if power == 1.0:
+        assert runs == 2 and scale == pytest.approx(60.0 / 7.0)  # one secant step with the linear guess
+
+
+def test_learning_rate_matching_stops_when_the_edit_did_not_happen():
+    from csd2d.demo import match_learning_rate
+
+    calls = []
+    scale, strength, _, runs = match_learning_rate(lambda s: (calls.append(s) or -0.1, None), target=0.5, scale=4.0)
+    assert runs == 1 and calls == [4.0] and scale == 4.0 and strength == -0.1

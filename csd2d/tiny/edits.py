@@ -5,13 +5,19 @@ Two edits have a random outcome (several right answers for the same source), two
 ================== ========= ================================================================================
 instruction        outcome   filter
 ================== ========= ================================================================================
-``recolor it``     random    hue rotation about the grey axis by an angle drawn uniformly from ±[60°, 180°]
+``recolor it``     random    hue rotation about the grey axis by a quarter turn either way: ±90° (sign at random)
+                             plus a jitter uniform in [−15°, 15°]
 ``make it night``  random    darken to 35–60 % and multiply by a tint drawn from blue/violet/teal/green hues
 ``make it grayscale`` fixed  luma (Rec. 601) copied to R, G and B
 ``invert the colors`` fixed  1 − x
 ================== ========= ================================================================================
 
 Images are ``[B, 3, H, W]`` tensors in [0, 1]; every filter is per pixel.
+
+The random edits are *multi-modal* on purpose: "recolor it" has two outcomes 180° apart and "make it night" four
+tints. (An earlier recolor drew the angle from ±[60°, 180°], which on the circle is a single 240° arc centred
+on 180°; score distillation, which seeks modes, then sent every sample to ≈ 180° and the outcome was hardly
+random at all.)
 """
 
 from __future__ import annotations
@@ -55,9 +61,9 @@ def chroma_plane(images: Tensor):
 
 def _recolor(images: Tensor, gen: torch.Generator) -> Tensor:
     n = images.shape[0]
-    magnitude = torch.empty(n).uniform_(math.radians(60), math.radians(180), generator=gen)
     sign = torch.randint(0, 2, (n,), generator=gen) * 2 - 1
-    return hue_rotate(images, magnitude * sign)
+    jitter = torch.empty(n).uniform_(-math.radians(15), math.radians(15), generator=gen)
+    return hue_rotate(images, sign * math.radians(90) + jitter)
 
 
 _NIGHT_TINTS = torch.tensor([[0.45, 0.6, 1.0], [0.7, 0.5, 1.0], [0.4, 0.9, 0.9], [0.5, 1.0, 0.6]])
