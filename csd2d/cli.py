@@ -77,7 +77,7 @@ class VideoArgs(_Common):
 @dataclass
 class DemoArgs:
     """Compare CSD with independent editing on a panorama and a video made from scikit-image photos, using
-    the embedded model (offline, CPU, a few minutes). Writes PNGs, GIFs, report.json and report.md."""
+    the embedded model (offline, CPU, about a minute). Writes PNGs, GIFs, report.json and report.md."""
 
     output: Path = Path("csd-demo")
     """Output folder."""
@@ -91,6 +91,9 @@ class DemoArgs:
     """Random seed of both runs."""
     steps: Optional[int] = None
     """Override the optimisation steps of every run (fewer: faster, weaker edits)."""
+    match_strength: bool = True
+    """Search CSD's learning rate until its edit strength is within 10 % of the baseline's (a fair comparison);
+    off: one run at the fixed learning-rate ratio."""
     overwrite: bool = False
     """Replace an existing output folder."""
     progress: bool = True
@@ -172,7 +175,7 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
         refuse_existing(args.output, args.overwrite)  # before loading the model
         device, dtype = _device_dtype(args)
         editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model")
-        demo = DemoConfig(seed=args.seed)
+        demo = DemoConfig(seed=args.seed, match_strength=args.match_strength)
         if args.steps is not None:
             demo = dataclasses.replace(demo, panorama=dataclasses.replace(demo.panorama, steps=args.steps),
                                        video=dataclasses.replace(demo.video, steps=args.steps))

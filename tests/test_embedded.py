@@ -107,6 +107,10 @@ def test_demo_cli_writes_report_and_media(tmp_path):
     with Image.open(pngs[0]) as sheet:
         assert sheet.width == demo_panorama(DemoConfig().panorama_height).width
     assert main(["demo", "--output", str(out), "--steps", "3", "--no-progress"]) == 2  # exists: refuse
+    fixed = tmp_path / "fixed"
+    assert main(["demo", "--output", str(fixed), "--steps", "3", "--no-progress", "--no-match-strength"]) == 0
+    entry = json.loads((fixed / "report.json").read_text())["video"]["recolor it"]
+    assert entry["csd_runs"] == 1 and entry["csd_lr_scale"] == DemoConfig().csd_lr_scale
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
