@@ -54,7 +54,7 @@ def test_embedded_model_follows_instructions_selectively(embedded):
     """Score distillation with each instruction, then every output measured with every instruction's strength.
     "make it night" and "invert the colors" must move their own measure far more than any other instruction
     does; "recolor it" must turn the hue by more than 60° while keeping the brightness and not inverting.
-    ("make it grayscale" is not followed under score distillation by this model; see its model card.)"""
+    ("make it grayscale" is not followed under score distillation by this model; see README.md.)"""
     img = demo_panorama(64).crop((0, 0, 128, 64))
     src = pil_to_tensor(img)[0]
     names = ["recolor it", "make it night", "make it grayscale", "invert the colors"]
