@@ -120,6 +120,11 @@ STRENGTH_TOLERANCE = 0.1
 """CSD and the baseline count as matched when their edit strengths differ by at most this fraction."""
 
 
+def _strength_error(strength: float, target: float) -> float:
+    """Relative distance of ``strength`` from ``target`` (infinite when the target edit did not happen)."""
+    return abs(strength / target - 1) if target > 0 else math.inf
+
+
 def match_learning_rate(run: Callable[[float], Tuple[float, object]], target: float, scale: float,
                         tolerance: float = STRENGTH_TOLERANCE, tries: int = 4) -> Tuple[float, float, object, int]:
     """Find a learning-rate scale at which ``run(scale) -> (strength, output)`` reaches ``target`` strength
@@ -132,7 +137,7 @@ def match_learning_rate(run: Callable[[float], Tuple[float, object]], target: fl
     history: List[Tuple[float, float]] = []
     for attempt in range(tries):
         strength, output = run(scale)
-        error = abs(strength / target - 1) if target > 0 else math.inf
+        error = _strength_error(strength, target)
         if best is None or error < best[0]:
             best = (error, scale, strength, output)
         if error <= tolerance or target <= 0 or strength <= 0:
@@ -171,7 +176,8 @@ def _compare(run: Callable[[object], Tuple[Dict, object]], config, csd_lr_scale:
     entry["ratio_csd_over_baseline"] = ratios
     entry["csd_lr_scale"] = round(scale, 4)
     entry["csd_runs"] = runs
-    entry["matched_strength"] = abs(ratios["edit_strength"] - 1) <= STRENGTH_TOLERANCE
+    entry["matched_strength"] = (_strength_error(metrics["edit_strength"], entry["baseline"]["edit_strength"])
+                                 <= STRENGTH_TOLERANCE)
     return entry, outs
 
 

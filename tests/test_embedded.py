@@ -168,6 +168,7 @@ def test_evaluate_sweeps_seeds_and_extra_photos(embedded, tmp_path):
     strength-matching outcome, and an extra photo is edited as a panorama."""
     import dataclasses
 
+    from csd2d.demo import STRENGTH_TOLERANCE
     from csd2d.evaluate import EvalConfig, evaluate, summary_rows
 
     photo = tmp_path / "wide.png"
@@ -181,6 +182,7 @@ def test_evaluate_sweeps_seeds_and_extra_photos(embedded, tmp_path):
         assert len(runs) == 2
         for r in runs:
             assert r["csd_runs"] >= 1 and r["csd_lr_scale"] > 0
-            assert r["matched_strength"] == (abs(r["ratio_csd_over_baseline"]["edit_strength"] - 1) <= 0.1)
+            assert r["matched_strength"] == (abs(r["ratio_csd_over_baseline"]["edit_strength"] - 1)
+                                             <= STRENGTH_TOLERANCE)
     rows = summary_rows(results)
     assert rows[0].endswith("matched |") and len(rows) == 2 + 2 * 3 + 1

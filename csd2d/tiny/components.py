@@ -63,8 +63,9 @@ def tiny_ip2p_components(
     text_layers: int = 2,
     max_text_length: int = 77,
 ) -> Dict[str, object]:
-    """Seeded random InstructPix2Pix components (``vae_norm_groups`` 0: min(32, channels)) (UNet with ``in_channels = 2 × latent``, AutoencoderKL,
-    CLIP text model, character tokenizer, DDPM scheduler with Stable Diffusion's beta schedule)."""
+    """Seeded random InstructPix2Pix components: UNet with ``in_channels = 2 × latent``, AutoencoderKL (GroupNorm
+    with ``vae_norm_groups`` groups; 0: min(32, channels)), CLIP text model, character tokenizer, DDPM scheduler
+    with Stable Diffusion's beta schedule."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 

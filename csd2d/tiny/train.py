@@ -224,12 +224,13 @@ def build(cfg: TrainConfig) -> Dict[str, object]:
     tmp = Path(tempfile.mkdtemp())
     try:
         comps = tiny_ip2p_components(
-            tmp / "tok", seed=cfg.seed, unet_channels=(32, 32, 64), vae_channels=(16, 32, 32), vae_norm_groups=cfg.vae_norm_groups, text_dim=64,
-            text_layers=2, max_text_length=24,
+            tmp / "tok", seed=cfg.seed, unet_channels=(32, 32, 64), vae_channels=(16, 32, 32),
+            vae_norm_groups=cfg.vae_norm_groups, text_dim=64, text_layers=2, max_text_length=24,
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    vae, unet, text_encoder, tokenizer, scheduler = (comps[k] for k in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"))
+    vae, unet, text_encoder, tokenizer, scheduler = (
+        comps[k] for k in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"))
     vae.to(cfg.device)
     unet.to(cfg.device)
     vae_curve, vae_time = train_vae(vae, torch.cat([crops, edited]), cfg, gen)
