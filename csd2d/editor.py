@@ -8,9 +8,10 @@ from typing import Callable, List, Optional, Sequence, Union
 import torch
 from PIL import Image
 
-from .config import PanoramaConfig, VideoConfig, with_overrides
+from .config import EditConfig, PanoramaConfig, VideoConfig, with_overrides
 from .guidance import DEFAULT_MODEL, IP2PGuidance
-from .io import InputError
+from .imaging import from_model_size, pil_to_tensor, tensor_to_pil, to_model_size
+from .io import InputError, check_same_size, split_alpha
 from .panorama import edit_panorama
 from .video import edit_video
 
@@ -102,3 +103,24 @@ class CSDEditor:
             raise InputError("frames: expected a list of PIL images")
         cfg = with_overrides(config or VideoConfig(), **overrides)
         return edit_video(self.guidance, frames, prompt, cfg, callback, progress)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Sequence[Image.Image], config: Optional[EditConfig] = None) -> List[Image.Image]:
+        """What an edit that changes nothing outputs: each image through the VAE and back, with the same
+        resizing, tiling and alpha handling as :meth:`edit_panorama` and :meth:`edit_video`.
+
+        The VAE's own loss is the same for every editing method; :mod:`csd2d.demo` measures edits against this
+        round trip so that the codec does not count as inconsistency (see :func:`csd2d.demo.compare_video`).
+        ``config`` supplies ``vae_tile``/``vae_overlap``/``batch`` (default :class:`PanoramaConfig`).
+        """
+        images = list(images)
+        if not images or not all(isinstance(i, Image.Image) for i in images):
+            raise InputError("images: expected a non-empty list of PIL images")
+        cfg = config or PanoramaConfig()
+        split = [split_alpha(i) for i in images]
+        size = check_same_size([rgb for rgb, _ in split], "images")
+        g = self.guidance
+        x = torch.cat([pil_to_tensor(to_model_size(rgb, g.vae_scale_factor)) for rgb, _ in split]).to(g.device)
+        latents = g.encode_images(x, max_batch=cfg.batch, tile=cfg.vae_tile, overlap=cfg.vae_overlap)
+        out = g.decode_latents(latents, max_batch=cfg.batch, tile=cfg.vae_tile, overlap=cfg.vae_overlap)
+        return [from_model_size(tensor_to_pil(img), size, alpha) for img, (_, alpha) in zip(out, split)]
