@@ -1,5 +1,6 @@
 """The embedded model: format, loading, size, that it edits, its trainer, and `csd2d demo`."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from csd2d.demo import DemoConfig, demo_panorama, demo_video
 from csd2d.imaging import pil_to_tensor
 from csd2d.metrics import edit_strength
 from csd2d.tiny import WEIGHTS_DIR
+from csd2d.tiny.edits import RANDOM_EDITS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,6 +50,35 @@ def test_embedded_loads_like_instruct_pix2pix(embedded):
     sd = load_file(WEIGHTS_DIR / "unet" / "diffusion_pytorch_model.safetensors")
     key = next(iter(sd))
     assert torch.equal(again.unet.state_dict()[key], sd[key])
+
+
+def test_reconstruct_is_the_zero_edit_and_what_the_demo_measures_against(embedded):
+    """``CSDEditor.reconstruct`` (the VAE round trip of editing) keeps size and alpha, is close to the input
+    but not equal to it, and the demo's metrics use it as the zero point: the recorded codec floor is the raw
+    metric of the reconstruction, and the baseline's metric against it differs from the raw one."""
+    from csd2d.demo import compare_video
+    from csd2d.metrics import temporal_inconsistency
+
+    rgba = demo_panorama(64).crop((0, 0, 70, 66)).convert("RGBA")  # not a multiple of the VAE factor
+    rgba.putalpha(Image.new("L", rgba.size, 128))
+    (out,) = embedded.reconstruct([rgba])
+    assert out.size == rgba.size and out.mode == "RGBA" and out.getchannel("A").getextrema() == (128, 128)
+    x, y = pil_to_tensor(rgba), pil_to_tensor(out)
+    psnr = -10 * torch.log10((x - y).pow(2).mean())
+    assert 20 < psnr < 60, psnr  # a lossy codec, but a good one
+
+    frames = demo_video(4, 64, 2)
+    demo = DemoConfig()
+    cfg = demo.configs_for("recolor it")[1]
+    entry, _ = compare_video(embedded, frames, "recolor it", dataclasses.replace(cfg, steps=2, batch=4), 2)
+    src = torch.cat([pil_to_tensor(f) for f in frames])
+    ref = torch.cat([pil_to_tensor(f) for f in embedded.reconstruct(frames, cfg)])
+    floor = temporal_inconsistency(ref, src, 2)
+    assert floor > 0 and entry["codec_floor"]["temporal_inconsistency"] == pytest.approx(floor)
+    base = entry["baseline"]
+    assert base["temporal_inconsistency"] != pytest.approx(base["temporal_inconsistency_raw"])
+    with pytest.raises(ValueError, match="images: expected a non-empty list"):
+        embedded.reconstruct([])
 
 
 def test_embedded_model_follows_instructions_selectively(embedded):
@@ -125,49 +156,48 @@ def _seed_sweep(compare, metric: str, seeds=range(5)):
     return ratios
 
 
-def test_csd_keeps_video_edits_consistent_across_seeds(embedded):
+@pytest.mark.parametrize("instruction", RANDOM_EDITS)
+def test_csd_keeps_video_edits_consistent_across_seeds(embedded, instruction):
     """The method's claim on the embedded model: for a random-outcome edit of a panning video, at matched edit
-    strength, CSD's temporal inconsistency is lower than independent editing's in every one of 5 seeds."""
-    import dataclasses
-
+    strength and with the demo's settings, CSD's temporal inconsistency is at most 0.6× independent editing's
+    (the issue's target) in every one of 5 seeds."""
     from csd2d.demo import compare_video
 
     demo = DemoConfig()
-    frames = demo_video(8, demo.video_size, demo.video_shift)
-    cfg = dataclasses.replace(demo.video, steps=20, batch=8)
+    frames = demo_video(demo.video_frames, demo.video_size, demo.video_shift)
+    cfg = demo.configs_for(instruction)[1]
     ratios = _seed_sweep(lambda seed: compare_video(
-        embedded, frames, "recolor it", dataclasses.replace(cfg, seed=seed), demo.video_shift,
+        embedded, frames, instruction, dataclasses.replace(cfg, seed=seed), demo.video_shift,
         csd_lr_scale=demo.csd_lr_scale, match_strength=True)[0], "temporal_inconsistency")
-    assert max(ratios) < VIDEO_RATIO_BOUND, ratios
+    assert max(ratios) <= VIDEO_RATIO_BOUND, ratios
 
 
-def test_csd_keeps_panorama_edits_consistent_across_seeds(embedded):
-    """The same on a panorama: at matched strength, CSD's windows agree on one colour map (colour-map spread)
-    better than independently edited windows do, in every one of 5 seeds."""
-    import dataclasses
-
+@pytest.mark.parametrize("instruction", RANDOM_EDITS)
+def test_csd_keeps_panorama_edits_consistent_across_seeds(embedded, instruction):
+    """The same on a panorama, where the effect is smaller: at matched strength, CSD's windows agree on one
+    colour map (colour-map spread) better than independently edited windows do in every one of 5 seeds, and
+    on average by the margin in :data:`PANORAMA_MEAN_RATIO_BOUND`."""
     from csd2d.demo import compare_panorama
 
     demo = DemoConfig()
     pano = demo_panorama(demo.panorama_height)
-    cfg = dataclasses.replace(demo.panorama, steps=20)
+    cfg = demo.configs_for(instruction)[0]
     ratios = _seed_sweep(lambda seed: compare_panorama(
-        embedded, pano, "recolor it", dataclasses.replace(cfg, seed=seed), csd_lr_scale=demo.csd_lr_scale,
+        embedded, pano, instruction, dataclasses.replace(cfg, seed=seed), csd_lr_scale=demo.csd_lr_scale,
         match_strength=True)[0], "colour_map_spread")
-    assert max(ratios) < PANORAMA_RATIO_BOUND, ratios
+    assert max(ratios) < 1.0 and sum(ratios) / len(ratios) < PANORAMA_MEAN_RATIO_BOUND[instruction], ratios
 
 
-VIDEO_RATIO_BOUND = 0.9
-PANORAMA_RATIO_BOUND = 0.95
-"""Set from measurements of the committed model with a margin: over seeds 0–4 the ratios were 0.55–0.82 (video,
-8 frames) and 0.65–0.86 (panorama); see the closing note of issue 5."""
+VIDEO_RATIO_BOUND = 0.6
+PANORAMA_MEAN_RATIO_BOUND = {"recolor it": 0.85, "make it night": 0.8}
+"""Measured on the committed model over seeds 0–4 (CSD/baseline against the codec round trip): video 0.33–0.44
+(recolor) and 0.43–0.49 (night); panorama colour-map spread 0.55–0.94, mean 0.76 (recolor) and 0.56–0.82,
+mean 0.67 (night). See the closing note of issue 5."""
 
 
 def test_evaluate_sweeps_seeds_and_extra_photos(embedded, tmp_path):
     """``python -m csd2d.evaluate`` end to end at a tiny scale: every case and seed is reported, with the
     strength-matching outcome, and an extra photo is edited as a panorama."""
-    import dataclasses
-
     from csd2d.demo import STRENGTH_TOLERANCE
     from csd2d.evaluate import EvalConfig, evaluate, summary_rows
 
