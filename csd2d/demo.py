@@ -40,10 +40,11 @@ _DEMO_EDIT = dict(steps=20, lr=0.5, decay_every=20, image_guidance_scale=5.0, gu
 """Editing settings both demo inputs share (tuned for the embedded model; see the issue-5 closing note)."""
 
 
-_DEMO_IMAGE_GUIDANCE = {"recolor it": 2.0, "make it night": 4.0}
-"""The embedded model needs a different image guidance per edit. At 2–3 "make it night" turns the whole image
-black in both arms (nothing left to compare); at 5 "recolor it" stays so close to the source that independent
-windows and frames hardly drift apart. Measured over seeds 0–4 (issue-5 closing note)."""
+_DEMO_IMAGE_GUIDANCE = {"recolor it": (2.0, 2.0), "make it night": (5.0, 4.0)}
+"""Image guidance ``(panorama, video)`` per instruction: the embedded model needs a different s_I per edit. At
+2–3 "make it night" turns the whole image black in both arms (nothing left to compare); at 5 "recolor it" stays
+so close to the source that independent windows and frames hardly drift apart. Measured over seeds 0–4 (issue-5
+closing note)."""
 
 
 def _demo_pano_config() -> PanoramaConfig:
@@ -77,17 +78,18 @@ class DemoConfig:
     video_shift: int = 2
     """Camera pan per frame in pixels."""
     seed: int = 0
-    image_guidance: Dict[str, float] = field(default_factory=lambda: dict(_DEMO_IMAGE_GUIDANCE))
-    """Image guidance scale s_I per instruction (instructions not listed keep the panorama and video configs'
-    own). As with InstructPix2Pix, s_I is set per edit: see :data:`_DEMO_IMAGE_GUIDANCE`."""
+    image_guidance: Dict[str, Tuple[float, float]] = field(default_factory=lambda: dict(_DEMO_IMAGE_GUIDANCE))
+    """Image guidance scale s_I ``(panorama, video)`` per instruction (instructions not listed keep the panorama
+    and video configs' own). As with InstructPix2Pix, s_I is set per edit: see :data:`_DEMO_IMAGE_GUIDANCE`."""
 
     def configs_for(self, instruction: str, seed: Optional[int] = None) -> Tuple[PanoramaConfig, VideoConfig]:
         """The panorama and video configs for ``instruction`` (its image guidance) and ``seed`` (default
         ``self.seed``)."""
-        over: Dict = {"seed": self.seed if seed is None else seed}
-        if instruction in self.image_guidance:
-            over["image_guidance_scale"] = self.image_guidance[instruction]
-        return dataclasses.replace(self.panorama, **over), dataclasses.replace(self.video, **over)
+        seed = self.seed if seed is None else seed
+        pano, video = self.image_guidance.get(
+            instruction, (self.panorama.image_guidance_scale, self.video.image_guidance_scale))
+        return (dataclasses.replace(self.panorama, seed=seed, image_guidance_scale=pano),
+                dataclasses.replace(self.video, seed=seed, image_guidance_scale=video))
 
 
 def _skimage(name: str) -> Image.Image:

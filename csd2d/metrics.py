@@ -17,6 +17,7 @@ from .views import window_positions
 
 __all__ = [
     "border_discontinuity",
+    "interior_discontinuity",
     "seam_inconsistency",
     "window_edit_spread",
     "colour_map_spread",
@@ -33,6 +34,29 @@ def _borders(length: int, window: int, stride: int) -> list:
     return sorted(c for c in edges if 2 <= c <= length - 2)
 
 
+def _midlines(length: int, window: int, stride: int) -> list:
+    """Indices halfway between consecutive window borders (and not on one): lines inside the windows."""
+    edges = sorted({e for s in window_positions(length, window, stride) for e in (s, s + window)})
+    mids = {(a + b) // 2 for a, b in zip(edges, edges[1:])} - set(edges)
+    return sorted(c for c in mids if 2 <= c <= length - 2)
+
+
+def _line_jumps(image: Tensor, lines) -> list:
+    """Per line ``c`` of the last axis: ``mean |I[c] − I[c−1]| + mean |(I[c+1] − I[c]) − (I[c−1] − I[c−2])|``."""
+    return [(image[..., c] - image[..., c - 1]).abs().mean()
+            + ((image[..., c + 1] - image[..., c]) - (image[..., c - 1] - image[..., c - 2])).abs().mean()
+            for c in lines]
+
+
+def _discontinuity(image: Tensor, window: int, stride: int, where) -> float:
+    values = []
+    for img in (image, image.transpose(-1, -2)):  # vertical lines, then horizontal ones
+        values += _line_jumps(img, where(img.shape[-1], window, stride))
+    if not values:
+        raise ValueError(f"image: expected at least one interior window border, got shape {tuple(image.shape)}")
+    return float(torch.stack(values).mean())
+
+
 def border_discontinuity(image: Tensor, window: int, stride: int) -> float:
     """Mean colour plus gradient jump across the window borders of ``image`` (``[3, H, W]``).
 
@@ -42,23 +66,29 @@ def border_discontinuity(image: Tensor, window: int, stride: int) -> float:
     likewise for horizontal borders with rows. The result is the mean of ``colour + gradient`` over all
     border lines (borders are those of :func:`csd2d.views.window_positions` with ``window``/``stride`` in pixels).
     """
-    values = []
-    for img in (image, image.transpose(-1, -2)):  # vertical borders, then horizontal ones
-        for c in _borders(img.shape[-1], window, stride):
-            colour = (img[..., c] - img[..., c - 1]).abs().mean()
-            grad = ((img[..., c + 1] - img[..., c]) - (img[..., c - 1] - img[..., c - 2])).abs().mean()
-            values.append(colour + grad)
-    if not values:
-        raise ValueError(f"image: expected at least one interior window border, got shape {tuple(image.shape)}")
-    return float(torch.stack(values).mean())
+    return _discontinuity(image, window, stride, _borders)
+
+
+def interior_discontinuity(image: Tensor, window: int, stride: int) -> float:
+    """The same statistic as :func:`border_discontinuity` on the lines halfway between consecutive borders,
+    where no window starts or ends: how much the image jumps from pixel to pixel anyway (texture, grain)."""
+    return _discontinuity(image, window, stride, _midlines)
 
 
 def seam_inconsistency(edited: Tensor, source: Tensor, window: int, stride: int) -> float:
-    """Panorama seam inconsistency: :func:`border_discontinuity` of the edit relative to the source's.
+    """Panorama seam inconsistency: how much more the window borders jump than the rest of the image, relative to
+    the same on the unedited ``source``.
 
-    1.0 means the window borders are no more visible than in the unedited input; above 1 seams were added.
+    ``seam(x) = border_discontinuity(x) / interior_discontinuity(x)`` and the result is
+    ``seam(edited) / seam(source)``. 1.0 means the borders are no more visible than in the source; above 1 seams
+    were added. Dividing by the interior lines makes it blind to changes that affect every line alike: a global
+    contrast change (e.g. darkening) or grain all over the image is not a seam.
     """
-    return border_discontinuity(edited, window, stride) / max(border_discontinuity(source, window, stride), 1e-8)
+
+    def seam(x: Tensor) -> float:
+        return border_discontinuity(x, window, stride) / max(interior_discontinuity(x, window, stride), 1e-8)
+
+    return seam(edited) / max(seam(source), 1e-8)
 
 
 def window_edit_spread(edited: Tensor, source: Tensor, window: int, stride: int) -> float:

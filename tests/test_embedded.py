@@ -146,14 +146,14 @@ def test_demo_cli_writes_report_and_media(tmp_path):
 
 
 def _seed_sweep(compare, metric: str, seeds=range(5)):
-    """CSD/baseline ratios of ``metric`` over seeds, each at matched edit strength."""
-    ratios = []
-    for seed in seeds:
-        entry = compare(seed)
+    """Entries of ``compare(seed)`` over seeds, each at matched edit strength, and the CSD/baseline ratios of
+    ``metric``."""
+    entries = [compare(seed) for seed in seeds]
+    for entry in entries:
         assert entry["matched_strength"], entry  # the comparison is at equal edit strength (within 10 %)
-        ratios.append(entry["ratio_csd_over_baseline"][metric])
+    ratios = [e["ratio_csd_over_baseline"][metric] for e in entries]
     print(f"{metric} CSD/baseline at matched strength:", [round(r, 3) for r in ratios])
-    return ratios
+    return entries, ratios
 
 
 @pytest.mark.parametrize("instruction", RANDOM_EDITS)
@@ -166,7 +166,7 @@ def test_csd_keeps_video_edits_consistent_across_seeds(embedded, instruction):
     demo = DemoConfig()
     frames = demo_video(demo.video_frames, demo.video_size, demo.video_shift)
     cfg = demo.configs_for(instruction)[1]
-    ratios = _seed_sweep(lambda seed: compare_video(
+    _, ratios = _seed_sweep(lambda seed: compare_video(
         embedded, frames, instruction, dataclasses.replace(cfg, seed=seed), demo.video_shift,
         csd_lr_scale=demo.csd_lr_scale, match_strength=True)[0], "temporal_inconsistency")
     assert max(ratios) <= VIDEO_RATIO_BOUND, ratios
@@ -176,23 +176,25 @@ def test_csd_keeps_video_edits_consistent_across_seeds(embedded, instruction):
 def test_csd_keeps_panorama_edits_consistent_across_seeds(embedded, instruction):
     """The same on a panorama, where the effect is smaller: at matched strength, CSD's windows agree on one
     colour map (colour-map spread) better than independently edited windows do in every one of 5 seeds, and
-    on average by the margin in :data:`PANORAMA_MEAN_RATIO_BOUND`."""
+    on average by the margin in :data:`PANORAMA_MEAN_RATIO_BOUND`. CSD adds no seams (borders at most 1.2× as
+    visible, relative to the rest of the image, as in the unedited round trip)."""
     from csd2d.demo import compare_panorama
 
     demo = DemoConfig()
     pano = demo_panorama(demo.panorama_height)
     cfg = demo.configs_for(instruction)[0]
-    ratios = _seed_sweep(lambda seed: compare_panorama(
+    entries, ratios = _seed_sweep(lambda seed: compare_panorama(
         embedded, pano, instruction, dataclasses.replace(cfg, seed=seed), csd_lr_scale=demo.csd_lr_scale,
         match_strength=True)[0], "colour_map_spread")
     assert max(ratios) < 1.0 and sum(ratios) / len(ratios) < PANORAMA_MEAN_RATIO_BOUND[instruction], ratios
+    assert max(e["csd"]["seam_inconsistency"] for e in entries) < 1.2, entries
 
 
 VIDEO_RATIO_BOUND = 0.6
-PANORAMA_MEAN_RATIO_BOUND = {"recolor it": 0.85, "make it night": 0.8}
+PANORAMA_MEAN_RATIO_BOUND = {"recolor it": 0.85, "make it night": 0.75}
 """Measured on the committed model over seeds 0–4 (CSD/baseline against the codec round trip): video 0.33–0.44
-(recolor) and 0.43–0.49 (night); panorama colour-map spread 0.55–0.94, mean 0.76 (recolor) and 0.56–0.82,
-mean 0.67 (night). See the closing note of issue 5."""
+(recolor) and 0.43–0.49 (night); panorama colour-map spread 0.55–0.94, mean 0.76 (recolor) and 0.48–0.78, mean
+0.63 (night). See the closing note of issue 5."""
 
 
 def test_evaluate_sweeps_seeds_and_extra_photos(embedded, tmp_path):

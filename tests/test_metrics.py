@@ -22,8 +22,12 @@ def test_seam_inconsistency_is_one_for_unedited_and_grows_with_a_seam():
     seamed = src.clone()
     seamed[:, :, 48:] = (seamed[:, :, 48:] + 0.2).clamp(0, 1)  # a step exactly at a window border (x = 48)
     assert seam_inconsistency(seamed, src, 32, 16) > 1.1  # one of 14 border lines jumps
-    global_shift = (src * 0.8 + 0.1)  # a uniform edit adds no seam (discontinuities scale by 0.8)
-    assert seam_inconsistency(global_shift, src, 32, 16) == pytest.approx(0.8, rel=1e-4)
+    darker = src * 0.3 + 0.1  # a global contrast change scales every line alike: no seam
+    assert seam_inconsistency(darker, src, 32, 16) == pytest.approx(1.0, rel=1e-4)
+    grain = (src + 0.05 * torch.randn(src.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    assert border_discontinuity(grain, 32, 16) > 2 * border_discontinuity(src, 32, 16)  # grain everywhere ...
+    assert seam_inconsistency(grain, src, 32, 16) == pytest.approx(1.0, abs=0.1)  # ... is not a seam
+    assert seam_inconsistency(seamed + (grain - src), src, 32, 16) > seam_inconsistency(grain, src, 32, 16)
 
 
 def test_window_edit_spread_zero_for_global_edit_and_large_for_patchy():
