@@ -42,9 +42,9 @@ _DEMO_EDIT = dict(steps=20, lr=0.5, decay_every=20, image_guidance_scale=5.0, gu
 
 _DEMO_IMAGE_GUIDANCE = {"recolor it": (2.0, 2.0), "make it night": (5.0, 4.0)}
 """Image guidance ``(panorama, video)`` per instruction: the embedded model needs a different s_I per edit. At
-2–3 "make it night" turns the whole image black in both arms (nothing left to compare); at 5 "recolor it" stays
-so close to the source that independent windows and frames hardly drift apart. Measured over seeds 0–4 (issue-5
-closing note)."""
+2–3 "make it night" darkens the panorama by 93–96 % (nearly black in both arms, little left to compare); at 5
+"recolor it" stays so close to the source that independent windows and frames hardly drift apart. Measured over
+seeds 0–4 (issue-5 closing note)."""
 
 
 def _demo_pano_config() -> PanoramaConfig:
