@@ -32,7 +32,7 @@ PANORAMA_METRICS = ("colour_map_spread", "seam_inconsistency", "window_edit_spre
 """Panorama inconsistency metrics reported (lower is better); colour_map_spread is the primary one."""
 VIDEO_METRICS = ("temporal_inconsistency",)
 
-__all__ = ["DemoConfig", "compare_panorama", "compare_video", "demo_panorama", "demo_video", "run_demo"]
+__all__ = ["DemoConfig", "compare_panorama", "compare_video", "demo_panorama", "demo_video", "raw_key", "run_demo"]
 
 
 _DEMO_EDIT = dict(steps=20, lr=0.5, decay_every=20, image_guidance_scale=5.0, guidance_scale=3.0, t_min=20,
@@ -193,7 +193,7 @@ def _compare(run: Callable[[object], Tuple[Dict, object]], config, csd_lr_scale:
         scale, runs = csd_lr_scale, 1
         _, (metrics, out) = run_csd(scale)
     entry["csd"], outs["csd"] = metrics, out
-    entry["ratio_csd_over_baseline"] = _ratios(entry, keys + tuple(_raw(k) for k in keys) + ("edit_strength",))
+    entry["ratio_csd_over_baseline"] = _ratios(entry, keys + tuple(raw_key(k) for k in keys) + ("edit_strength",))
     entry["csd_lr_scale"] = round(scale, 4)
     entry["csd_runs"] = runs
     entry["matched_strength"] = (_strength_error(metrics["edit_strength"], entry["baseline"]["edit_strength"])
@@ -201,7 +201,7 @@ def _compare(run: Callable[[object], Tuple[Dict, object]], config, csd_lr_scale:
     return entry, outs
 
 
-def _raw(metric: str) -> str:
+def raw_key(metric: str) -> str:
     """Name under which ``metric`` measured against the unedited input itself (codec loss included) is kept."""
     return f"{metric}_raw"
 
@@ -209,7 +209,7 @@ def _raw(metric: str) -> str:
 def _measure(metrics: Dict[str, Callable], edited, reference, source) -> Dict[str, float]:
     """Every metric of ``edited`` against the codec ``reference`` and, as ``<name>_raw``, against ``source``."""
     values = {name: fn(edited, reference) for name, fn in metrics.items()}
-    values.update({_raw(name): fn(edited, source) for name, fn in metrics.items()})
+    values.update({raw_key(name): fn(edited, source) for name, fn in metrics.items()})
     return values
 
 
@@ -322,7 +322,7 @@ def report_markdown(report: Dict) -> str:
         for instruction, entry in report[kind].items():
             b, c = entry["baseline"], entry["csd"]
             for m in metrics:
-                raw = _raw(m)
+                raw = raw_key(m)
                 lines.append(f"| {kind} | {instruction} | {m} | {b[m]:.4f} | {c[m]:.4f} | "
                              f"{c[m] / max(b[m], 1e-8):.2f} | {b[raw]:.4f} | {c[raw]:.4f} | "
                              f"{c[raw] / max(b[raw], 1e-8):.2f} | {entry['codec_floor'][m]:.4f} |")

@@ -16,7 +16,8 @@ from typing import Dict, List, Optional, Tuple
 import tyro
 from PIL import Image
 
-from .demo import PANORAMA_METRICS, VIDEO_METRICS, DemoConfig, compare_panorama, compare_video, demo_panorama, demo_video
+from .demo import (PANORAMA_METRICS, VIDEO_METRICS, DemoConfig, compare_panorama, compare_video, demo_panorama,
+                   demo_video, raw_key)
 from .editor import CSDEditor
 from .guidance import EMBEDDED_MODEL
 
@@ -75,7 +76,7 @@ def summary_rows(results: Dict) -> List[str]:
             name, instruction = case.split(" | ")
             for m in metrics:
                 ratios = [r["ratio_csd_over_baseline"][m] for r in runs]
-                raw = [r["ratio_csd_over_baseline"][f"{m}_raw"] for r in runs]
+                raw = [r["ratio_csd_over_baseline"][raw_key(m)] for r in runs]
                 strength = [r["ratio_csd_over_baseline"]["edit_strength"] for r in runs]
                 better = sum(r["csd"][m] < r["baseline"][m] for r in runs)
                 matched = sum(r["matched_strength"] for r in runs)

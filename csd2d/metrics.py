@@ -42,7 +42,8 @@ def _midlines(length: int, window: int, stride: int) -> list:
 
 
 def _line_jumps(image: Tensor, lines) -> list:
-    """Per line ``c`` of the last axis: ``mean |I[c] − I[c−1]| + mean |(I[c+1] − I[c]) − (I[c−1] − I[c−2])|``."""
+    """Per line ``c`` of the last axis:
+    ``mean |I[c] − I[c−1]| + mean |(I[c+1] − I[c]) − (I[c−1] − I[c−2])|``."""
     return [(image[..., c] - image[..., c - 1]).abs().mean()
             + ((image[..., c + 1] - image[..., c]) - (image[..., c - 1] - image[..., c - 2])).abs().mean()
             for c in lines]
