@@ -173,30 +173,47 @@ def match_learning_rate(run: Callable[[float], Tuple[float, object]], target: fl
     return scale, strength, output, attempt + 1
 
 
-def _compare(run: Callable[[object], Tuple[Dict, object]], config, csd_lr_scale: float,
-             match_strength: bool, keys: Tuple[str, ...], floor: Dict[str, float]) -> Tuple[Dict, Dict]:
-    """Run the independent baseline (``coupling=False``) and CSD (same seed); CSD's learning rate is
-    ``csd_lr_scale`` × the baseline's, adjusted by :func:`match_learning_rate` when ``match_strength``.
-    ``floor`` (the metrics of an edit that changes nothing) is recorded as ``entry["codec_floor"]``."""
-    entry: Dict = {"codec_floor": floor}
+def _compare(edit: Callable[[object], object], as_tensor: Callable[[object], torch.Tensor], source: torch.Tensor,
+             reference: torch.Tensor, metrics: Dict[str, Callable], instruction: str, config, csd_lr_scale: float,
+             match_strength: bool) -> Tuple[Dict, Dict]:
+    """Run the independent baseline (``coupling=False``) and CSD (same seed) through ``edit(config)`` and measure
+    both: every inconsistency metric ``metrics[name](edited, reference)`` against the codec ``reference``, and as
+    ``<name>_raw`` against ``source``; edit strength against ``source``. ``entry["codec_floor"]`` holds the
+    metrics of the reference itself (an edit that changes nothing) against ``source``.
+
+    CSD's learning rate is ``csd_lr_scale`` × the baseline's, adjusted by :func:`match_learning_rate` when
+    ``match_strength``."""
+
+    def run(arm):
+        t0 = time.time()
+        out = edit(arm)
+        edited = as_tensor(out)
+        values = {name: fn(edited, reference) for name, fn in metrics.items()}
+        values.update({raw_key(name): fn(edited, source) for name, fn in metrics.items()})
+        values["edit_strength"] = edit_strength(edited, source, instruction)
+        values["seconds"] = round(time.time() - t0, 2)
+        return values, out
+
+    entry: Dict = {"codec_floor": {name: fn(reference, source) for name, fn in metrics.items()}}
     outs: Dict = {}
     entry["baseline"], outs["baseline"] = run(dataclasses.replace(config, coupling=False))
 
     def run_csd(scale: float):
-        metrics, out = run(dataclasses.replace(config, coupling=True, lr=config.lr * scale))
-        return metrics["edit_strength"], (metrics, out)
+        values, out = run(dataclasses.replace(config, coupling=True, lr=config.lr * scale))
+        return values["edit_strength"], (values, out)
 
     if match_strength:
-        scale, _, (metrics, out), runs = match_learning_rate(run_csd, entry["baseline"]["edit_strength"],
-                                                             csd_lr_scale)
+        scale, _, (values, out), runs = match_learning_rate(run_csd, entry["baseline"]["edit_strength"],
+                                                            csd_lr_scale)
     else:
         scale, runs = csd_lr_scale, 1
-        _, (metrics, out) = run_csd(scale)
-    entry["csd"], outs["csd"] = metrics, out
+        _, (values, out) = run_csd(scale)
+    entry["csd"], outs["csd"] = values, out
+    keys = tuple(metrics)
     entry["ratio_csd_over_baseline"] = _ratios(entry, keys + tuple(raw_key(k) for k in keys) + ("edit_strength",))
     entry["csd_lr_scale"] = round(scale, 4)
     entry["csd_runs"] = runs
-    entry["matched_strength"] = (_strength_error(metrics["edit_strength"], entry["baseline"]["edit_strength"])
+    entry["matched_strength"] = (_strength_error(values["edit_strength"], entry["baseline"]["edit_strength"])
                                  <= STRENGTH_TOLERANCE)
     return entry, outs
 
@@ -204,13 +221,6 @@ def _compare(run: Callable[[object], Tuple[Dict, object]], config, csd_lr_scale:
 def raw_key(metric: str) -> str:
     """Name under which ``metric`` measured against the unedited input itself (codec loss included) is kept."""
     return f"{metric}_raw"
-
-
-def _measure(metrics: Dict[str, Callable], edited, reference, source) -> Dict[str, float]:
-    """Every metric of ``edited`` against the codec ``reference`` and, as ``<name>_raw``, against ``source``."""
-    values = {name: fn(edited, reference) for name, fn in metrics.items()}
-    values.update({raw_key(name): fn(edited, source) for name, fn in metrics.items()})
-    return values
 
 
 def compare_panorama(editor: CSDEditor, image: Image.Image, instruction: str, config: PanoramaConfig,
@@ -228,26 +238,15 @@ def compare_panorama(editor: CSDEditor, image: Image.Image, instruction: str, co
     whether that was reached, ``entry["csd_lr_scale"]`` which scale was used.
     """
     f = editor.guidance.vae_scale_factor
-    src = _t([image])[0]
-    ref = _t(editor.reconstruct([image], config))[0]
     win, stride = config.window * f, config.stride * f
-    metrics = {
+    metrics = {  # the order of PANORAMA_METRICS
+        "colour_map_spread": lambda e, s: colour_map_spread(e, s, win, stride),
         "seam_inconsistency": lambda e, s: seam_inconsistency(e, s, win, stride),
         "window_edit_spread": lambda e, s: window_edit_spread(e, s, win, stride),
-        "colour_map_spread": lambda e, s: colour_map_spread(e, s, win, stride),
     }
-
-    def run(arm):
-        t0 = time.time()
-        out = editor.edit_panorama(image, instruction, config=arm, progress=progress)
-        ed = _t([out])[0]
-        values = _measure(metrics, ed, ref, src)
-        values["edit_strength"] = edit_strength(ed, src, instruction)
-        values["seconds"] = round(time.time() - t0, 2)
-        return values, out
-
-    floor = {name: fn(ref, src) for name, fn in metrics.items()}
-    return _compare(run, config, csd_lr_scale, match_strength, PANORAMA_METRICS, floor)
+    return _compare(lambda arm: editor.edit_panorama(image, instruction, config=arm, progress=progress),
+                    lambda out: _t([out])[0], _t([image])[0], _t(editor.reconstruct([image], config))[0], metrics,
+                    instruction, config, csd_lr_scale, match_strength)
 
 
 def compare_video(editor: CSDEditor, frames: List[Image.Image], instruction: str, config: VideoConfig, shift: int,
@@ -255,21 +254,10 @@ def compare_video(editor: CSDEditor, frames: List[Image.Image], instruction: str
                   match_strength: bool = False) -> Tuple[Dict, Dict[str, List[Image.Image]]]:
     """Edit a panning video with the baseline and with CSD (same seed); return metrics and outputs
     (codec reference, ``_raw`` metrics and ``match_strength`` as in :func:`compare_panorama`)."""
-    src = _t(frames)
-    ref = _t(editor.reconstruct(frames, config))
     metrics = {"temporal_inconsistency": lambda e, s: temporal_inconsistency(e, s, shift)}
-
-    def run(arm):
-        t0 = time.time()
-        out = editor.edit_video(frames, instruction, config=arm, progress=progress)
-        ed = _t(out)
-        values = _measure(metrics, ed, ref, src)
-        values["edit_strength"] = edit_strength(ed, src, instruction)
-        values["seconds"] = round(time.time() - t0, 2)
-        return values, out
-
-    floor = {name: fn(ref, src) for name, fn in metrics.items()}
-    return _compare(run, config, csd_lr_scale, match_strength, VIDEO_METRICS, floor)
+    return _compare(lambda arm: editor.edit_video(frames, instruction, config=arm, progress=progress), _t,
+                    _t(frames), _t(editor.reconstruct(frames, config)), metrics, instruction, config,
+                    csd_lr_scale, match_strength)
 
 
 def _ratios(entry: Dict, keys) -> Dict[str, float]:
