@@ -10,7 +10,7 @@ from PIL import Image
 
 from .config import EditConfig, PanoramaConfig, VideoConfig, with_overrides
 from .guidance import DEFAULT_MODEL, IP2PGuidance
-from .imaging import from_model_size, pil_to_tensor, tensor_to_pil, to_model_size
+from .imaging import decode_pil, encode_pil
 from .io import InputError, check_same_size, split_alpha
 from .panorama import edit_panorama
 from .video import edit_video
@@ -119,8 +119,5 @@ class CSDEditor:
         cfg = config or PanoramaConfig()
         split = [split_alpha(i) for i in images]
         size = check_same_size([rgb for rgb, _ in split], "images")
-        g = self.guidance
-        x = torch.cat([pil_to_tensor(to_model_size(rgb, g.vae_scale_factor)) for rgb, _ in split]).to(g.device)
-        latents = g.encode_images(x, max_batch=cfg.batch, tile=cfg.vae_tile, overlap=cfg.vae_overlap)
-        out = g.decode_latents(latents, max_batch=cfg.batch, tile=cfg.vae_tile, overlap=cfg.vae_overlap)
-        return [from_model_size(tensor_to_pil(img), size, alpha) for img, (_, alpha) in zip(out, split)]
+        latents = encode_pil(self.guidance, [rgb for rgb, _ in split], cfg)
+        return decode_pil(self.guidance, latents, size, cfg, [alpha for _, alpha in split])

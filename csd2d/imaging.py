@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["pil_to_tensor", "tensor_to_pil", "to_model_size", "from_model_size", "progress_bar"]
+__all__ = ["pil_to_tensor", "tensor_to_pil", "to_model_size", "from_model_size", "encode_pil", "decode_pil",
+           "progress_bar"]
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -39,6 +40,23 @@ def from_model_size(image: Image.Image, size: Tuple[int, int], alpha: Optional[I
         image = image.convert("RGBA")
         image.putalpha(alpha)
     return image
+
+
+def encode_pil(guidance, images: Sequence[Image.Image], config) -> torch.Tensor:
+    """RGB images of one size → fp32 scaled latents ``[B, C, h, w]``: each resized to the VAE multiple
+    (:func:`to_model_size`) and encoded with ``config``'s ``batch`` / ``vae_tile`` / ``vae_overlap``."""
+    f = guidance.vae_scale_factor
+    x = torch.cat([pil_to_tensor(to_model_size(image, f)) for image in images]).to(guidance.device)
+    return guidance.encode_images(x, max_batch=config.batch, tile=config.vae_tile, overlap=config.vae_overlap).float()
+
+
+def decode_pil(guidance, latents: torch.Tensor, size: Tuple[int, int], config,
+               alphas: Optional[Sequence[Optional[Image.Image]]] = None) -> List[Image.Image]:
+    """The inverse of :func:`encode_pil`: decode, resize back to ``size`` and re-attach ``alphas`` (one per image,
+    ``None`` for none)."""
+    out = guidance.decode_latents(latents, max_batch=config.batch, tile=config.vae_tile, overlap=config.vae_overlap)
+    alphas = alphas if alphas is not None else [None] * len(out)
+    return [from_model_size(tensor_to_pil(img), size, alpha) for img, alpha in zip(out, alphas)]
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from .csd import csd_edit_step
 from .guidance import IP2PGuidance
 from .io import InputError, split_alpha
 from .views import crop_windows, region_weights, scatter_average, window_grid
-from .imaging import from_model_size, pil_to_tensor, progress_bar, tensor_to_pil, to_model_size
+from .imaging import decode_pil, encode_pil, progress_bar
 
 __all__ = ["edit_panorama", "window_prompt_embeddings"]
 
@@ -55,8 +55,7 @@ def edit_panorama(
             f"got {rgb.size[0]}x{rgb.size[1]}; use a larger image or a smaller window"
         )
     device = guidance.device
-    x = pil_to_tensor(to_model_size(rgb, f)).to(device)
-    source = guidance.encode_images(x, tile=config.vae_tile, overlap=config.vae_overlap).float()
+    source = encode_pil(guidance, [rgb], config)
     target = source.clone()
     _, _, h, w = source.shape
     offsets = window_grid(h, w, config.window, config.stride)
@@ -85,5 +84,4 @@ def edit_panorama(
             bar.update(1)
             if callback is not None:
                 callback(step, config.steps, target)
-    out = guidance.decode_latents(target, tile=config.vae_tile, overlap=config.vae_overlap)
-    return from_model_size(tensor_to_pil(out[0]), rgb.size, alpha)
+    return decode_pil(guidance, target, rgb.size, config, [alpha])[0]

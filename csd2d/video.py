@@ -10,7 +10,7 @@ from PIL import Image
 from .config import VideoConfig
 from .csd import optimize_latents
 from .guidance import IP2PGuidance
-from .imaging import from_model_size, pil_to_tensor, progress_bar, tensor_to_pil, to_model_size
+from .imaging import decode_pil, encode_pil, progress_bar
 from .io import InputError, check_same_size, split_alpha
 
 __all__ = ["chunk_ranges", "edit_video"]
@@ -60,12 +60,7 @@ def edit_video(
         raise InputError("frames: expected at least one frame, got an empty list")
     rgb = [split_alpha(f)[0] for f in frames]
     size = check_same_size(rgb, "frames")
-    f = guidance.vae_scale_factor
-    device = guidance.device
-    x = torch.cat([pil_to_tensor(to_model_size(frame, f)) for frame in rgb]).to(device)
-    source = guidance.encode_images(
-        x, max_batch=config.batch, tile=config.vae_tile, overlap=config.vae_overlap
-    ).float()
+    source = encode_pil(guidance, rgb, config)
     target = source.clone()
     chunks = chunk_ranges(len(rgb), config.batch, config.overlap)
     gen = torch.Generator().manual_seed(config.seed)
@@ -84,5 +79,4 @@ def edit_video(
             chunk = target[start:end]
             optimize_latents(guidance, chunk, source[start:end], emb.expand(n, -1, -1),
                              src_emb.expand(n, -1, -1), config, generator=gen, anchors=anchors, on_step=on_step)
-    out = guidance.decode_latents(target, max_batch=config.batch, tile=config.vae_tile, overlap=config.vae_overlap)
-    return [from_model_size(tensor_to_pil(img), size) for img in out]
+    return decode_pil(guidance, target, size, config)
