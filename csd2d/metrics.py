@@ -26,17 +26,19 @@ __all__ = [
 ]
 
 
+def _edges(length: int, window: int, stride: int) -> list:
+    """Sorted pixel indices where a window starts or ends, image edges included."""
+    return sorted({e for s in window_positions(length, window, stride) for e in (s, s + window)})
+
+
 def _borders(length: int, window: int, stride: int) -> list:
     """Interior pixel indices where a window starts or ends (a discontinuity there sits between c−1 and c)."""
-    edges = set()
-    for s in window_positions(length, window, stride):
-        edges.update((s, s + window))
-    return sorted(c for c in edges if 2 <= c <= length - 2)
+    return [c for c in _edges(length, window, stride) if 2 <= c <= length - 2]
 
 
 def _midlines(length: int, window: int, stride: int) -> list:
     """Indices halfway between consecutive window borders (and not on one): lines inside the windows."""
-    edges = sorted({e for s in window_positions(length, window, stride) for e in (s, s + window)})
+    edges = _edges(length, window, stride)
     mids = {(a + b) // 2 for a, b in zip(edges, edges[1:])} - set(edges)
     return sorted(c for c in mids if 2 <= c <= length - 2)
 
