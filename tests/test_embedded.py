@@ -165,9 +165,8 @@ def test_csd_keeps_video_edits_consistent_across_seeds(embedded, instruction):
 
     demo = DemoConfig()
     frames = demo_video(demo.video_frames, demo.video_size, demo.video_shift)
-    cfg = demo.configs_for(instruction)[1]
     _, ratios = _seed_sweep(lambda seed: compare_video(
-        embedded, frames, instruction, dataclasses.replace(cfg, seed=seed), demo.video_shift,
+        embedded, frames, instruction, demo.configs_for(instruction, seed)[1], demo.video_shift,
         csd_lr_scale=demo.csd_lr_scale, match_strength=True)[0], "temporal_inconsistency")
     assert max(ratios) <= VIDEO_RATIO_BOUND, ratios
 
@@ -182,9 +181,8 @@ def test_csd_keeps_panorama_edits_consistent_across_seeds(embedded, instruction)
 
     demo = DemoConfig()
     pano = demo_panorama(demo.panorama_height)
-    cfg = demo.configs_for(instruction)[0]
     entries, ratios = _seed_sweep(lambda seed: compare_panorama(
-        embedded, pano, instruction, dataclasses.replace(cfg, seed=seed), csd_lr_scale=demo.csd_lr_scale,
+        embedded, pano, instruction, demo.configs_for(instruction, seed)[0], csd_lr_scale=demo.csd_lr_scale,
         match_strength=True)[0], "colour_map_spread")
     assert max(ratios) < 1.0 and sum(ratios) / len(ratios) < PANORAMA_MEAN_RATIO_BOUND[instruction], ratios
     assert max(e["csd"]["seam_inconsistency"] for e in entries) < 1.2, entries
