@@ -1,13 +1,14 @@
 """csd2d: Collaborative Score Distillation (Kim et al. 2023) for consistent panorama and video editing."""
 
-from .config import EditConfig, PanoramaConfig, VideoConfig, load_preset
-from .csd import StepConfig, StepResult, csd_edit_step, optimize_latents
+from .config import ConfigError, EditConfig, PanoramaConfig, StepConfig, VideoConfig, load_preset
+from .csd import StepResult, csd_edit_step, optimize_latents
 from .editor import CSDEditor
 from .guidance import DEFAULT_MODEL, EMBEDDED_MODEL, IP2PGuidance, ModelLoadError, ip2p_guidance, sds_weight
 from .kernel import csd_gradient, median_bandwidth, pairwise_sq_dists, rbf_kernel, rbf_kernel_grad
 
 __all__ = [
     "CSDEditor",
+    "ConfigError",
     "EditConfig",
     "PanoramaConfig",
     "VideoConfig",

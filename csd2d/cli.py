@@ -5,7 +5,7 @@
     csd2d demo [--output DIR]      CSD vs independent editing with the embedded model, offline on a CPU
 
 Every option of the API's config dataclasses is a flag; ``--preset NAME_OR_FILE`` loads one of the presets
-in ``configs/`` (image, region, video) first and flags override it.
+shipped in ``csd2d/presets/`` (image, region, video) first and flags override it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class _Common:
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Model weights dtype; auto is float16 on CUDA and float32 on CPU."""
     preset: Optional[str] = None
-    """Preset name in configs/ (image, region, video) or a YAML file; other flags override it."""
+    """Preset name (image, region, video; shipped in csd2d/presets/) or a YAML file; other flags override it."""
     overwrite: bool = False
     """Replace an existing output."""
     preview: bool = False

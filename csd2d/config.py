@@ -1,55 +1,171 @@
-"""Configuration dataclasses of the 2-D editors and the preset files in ``configs/`` that mirror them."""
+"""The one tree of editing settings, and the presets that list what differs from it.
+
+``StepConfig`` (one CSD-Edit step) ⊂ ``EditConfig`` (the optimisation around it) ⊂ ``PanoramaConfig`` /
+``VideoConfig``; the nerfstudio plugin nests an ``EditConfig`` subclass with its 3D defaults. Every default is
+declared once, here or in the one subclass that changes it for its modality, with its source in the field's
+docstring. Every instance validates itself in ``__post_init__`` (the API, the CLI, presets and ``ns-train`` all
+go through it) and raises :class:`ConfigError`, which names the field.
+
+Presets (``image``, ``region``, ``video``) are YAML files shipped inside the package (``csd2d/presets/``); they
+list only the fields that differ from the dataclass defaults.
+
+Sources named below: *official code* = ``csdedit_image.py`` / ``csdedit_video.py`` of the authors' repository
+(subin-kim-cv/CSD); *paper* = Kim et al. 2023, arXiv 2307.04787; *IP2P* = InstructPix2Pix (Brooks et al. 2023)
+and diffusers' ``StableDiffusionInstructPix2PixPipeline``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Type, TypeVar, Union
 
 import yaml
 
-from .csd import StepConfig
+__all__ = [
+    "ConfigError",
+    "StepConfig",
+    "EditConfig",
+    "PanoramaConfig",
+    "VideoConfig",
+    "PRESET_DIR",
+    "MIN_VAE_TILE",
+    "load_preset",
+    "preset_names",
+    "with_overrides",
+]
 
-__all__ = ["EditConfig", "PanoramaConfig", "VideoConfig", "PRESET_DIR", "load_preset", "with_overrides"]
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+"""Where the named presets live: inside the installed package, so that a wheel carries them."""
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
+MIN_VAE_TILE = 64
+"""Smallest VAE tile side in pixels: smaller tiles multiply the VAE calls (a 32 px tile on a 2-megapixel image
+is thousands of calls) for no memory a user needs to save."""
 
-C = TypeVar("C", bound="EditConfig")
+C = TypeVar("C", bound="StepConfig")
+
+
+class ConfigError(ValueError):
+    """An invalid setting. ``field`` is the dataclass field's name; the message starts with it and says what was
+    expected and what was received. Front ends map ``field`` to their flag (``vae_tile`` → ``--vae-tile``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> None:
+    """Refuse ``value`` unless it fits the field's ``annotation`` (int, float, bool, str, or Optional of them).
+    A float field accepts an int; an int field refuses 2.7 and True."""
+    if typing.get_origin(annotation) is Union:
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return
+        annotation = next(a for a in args if a is not type(None))
+    expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(annotation)
+    if expected is None:
+        return
+    ok = {int: _is_int(value), float: (_is_int(value) or isinstance(value, float)),
+          bool: isinstance(value, bool), str: isinstance(value, str)}[annotation]
+    if not ok:
+        raise ConfigError(name, f"expected {expected}, got {value!r} ({type(value).__name__})")
+    if annotation is float and not math.isfinite(float(value)):
+        raise ConfigError(name, f"expected a finite number, got {value!r}")
+
+
+def _require(name: str, ok: bool, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(name, f"expected {expected}, got {value!r}")
+
+
+@dataclass
+class StepConfig:
+    """Knobs of one CSD-Edit step (:func:`csd2d.csd.csd_edit_step`)."""
+
+    guidance_scale: float = 7.5
+    """Text (instruction) classifier-free guidance scale s_T. Source: official code (7.5), also IP2P's."""
+    image_guidance_scale: float = 5.0
+    """Image classifier-free guidance scale s_I (higher keeps closer to the source). Source: official code (5.0)."""
+    t_min: int = 20
+    """Smallest diffusion timestep sampled. Source: official code (``--min_step 20``)."""
+    t_max: int = 500
+    """Largest diffusion timestep sampled. Source: official code (``--max_step 500``)."""
+    coupling: bool = True
+    """Couple the particles through the SVGD kernel (CSD). False gives independent per-sample delta score
+    distillation from the same code path: the ablation baseline. Source: paper (CSD); official code ``--svgd``."""
+    repulsion: float = 1.0
+    """Weight of the kernel-gradient (repulsive) term. Source: paper's SVGD update (weight 1)."""
+    bandwidth: Optional[float] = None
+    """Fixed RBF kernel bandwidth h; None uses the median heuristic. Source: paper / official code (median)."""
+    max_batch: Optional[int] = None
+    """Largest UNet batch; the 6 × N guidance evaluations are split into chunks of this size to cap memory.
+    None: one call. Ours (a memory control; results are the same)."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            if f.init:
+                _check_type(f.name, getattr(self, f.name), hints.get(f.name))
+        self.validate()
+
+    def validate(self) -> None:
+        """Range checks, field by field in declaration order, then the ones that relate two fields."""
+        _require("guidance_scale", self.guidance_scale >= 0, "a scale >= 0", self.guidance_scale)
+        _require("image_guidance_scale", self.image_guidance_scale >= 0, "a scale >= 0", self.image_guidance_scale)
+        _require("t_min", self.t_min >= 0, "a timestep >= 0", self.t_min)
+        _require("t_max", self.t_max >= self.t_min, f"a timestep >= t_min ({self.t_min})", self.t_max)
+        _require("repulsion", self.repulsion >= 0, "a weight >= 0", self.repulsion)
+        _require("bandwidth", self.bandwidth is None or self.bandwidth > 0, "a bandwidth > 0 or None", self.bandwidth)
+        _require("max_batch", self.max_batch is None or self.max_batch >= 1, "a positive integer or None",
+                 self.max_batch)
 
 
 @dataclass
 class EditConfig(StepConfig):
-    """Optimisation knobs shared by panorama and video editing (on top of the CSD step's)."""
+    """Optimisation knobs shared by panorama, video and scene editing, on top of the CSD step's."""
 
     steps: int = 200
-    """Optimisation steps (per chunk, for video)."""
+    """Optimisation steps (per chunk, for video). Source: official code (``--num_steps 200``)."""
     lr: float = 2.0
-    """SGD learning rate on the latents."""
+    """SGD learning rate on the latents. Source: official code (``--lr 2.0``)."""
     lr_decay: float = 0.9
-    """Multiply the learning rate by this every ``decay_every`` steps."""
+    """Multiply the learning rate by this every ``decay_every`` steps. Source: official code (``--decay_rate``)."""
     decay_every: int = 20
-    """Steps between learning-rate decays."""
+    """Steps between learning-rate decays. Source: official code (``--decay_iter 20``)."""
     batch: int = 8
-    """Particles per step: random windows of a panorama, frames per chunk of a video."""
+    """Particles per step: random windows of a panorama, frames per chunk of a video, views of a scene.
+    Ours: half the official code's 16 (each particle costs 6 UNet evaluations per step); not yet measured on
+    a GPU."""
     source_prompt: str = ""
-    """Prompt of the source branch that CSD-Edit subtracts (empty: the unedited image)."""
+    """Prompt of the source branch that CSD-Edit subtracts (empty: the unedited image). Source: official code."""
     seed: int = 0
     """Random seed; the same seed and inputs give the same output."""
     vae_tile: int = 512
-    """Tiled VAE: tile side in pixels (bounds memory for very large images); 0 encodes whole images."""
+    """Tiled VAE: tile side in pixels (bounds memory for very large images); 0 encodes whole images, otherwise at
+    least :data:`MIN_VAE_TILE`. Ours: 512 px is the size Stable Diffusion's VAE is trained at."""
     vae_overlap: int = 64
-    """Tiled VAE: overlap between tiles in pixels."""
+    """Tiled VAE: overlap between tiles in pixels, at most half a tile (feathered, so no seam shows). Ours."""
 
-    def __post_init__(self) -> None:
-        positive = {"steps": self.steps, "batch": self.batch, "decay_every": self.decay_every}
-        for name, value in positive.items():
-            if int(value) < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")
-        if self.max_batch is not None and self.max_batch < 1:
-            raise ValueError(f"max_batch: expected a positive integer or None, got {self.max_batch!r}")
+    def validate(self) -> None:
+        super().validate()
+        for name in ("steps", "batch", "decay_every"):
+            value = getattr(self, name)
+            _require(name, value >= 1, "a positive integer", value)
+        _require("lr", self.lr > 0, "a positive learning rate", self.lr)
+        _require("lr_decay", 0 < self.lr_decay <= 1, "a factor in (0, 1]", self.lr_decay)
+        _require("vae_tile", self.vae_tile == 0 or self.vae_tile >= MIN_VAE_TILE,
+                 f"0 (no tiling) or a tile side >= {MIN_VAE_TILE} px", self.vae_tile)
+        _require("vae_overlap", self.vae_overlap >= 0, "an overlap >= 0 px", self.vae_overlap)
+        if self.vae_tile:
+            _require("vae_overlap", self.vae_overlap <= self.vae_tile // 2,
+                     f"at most half of vae_tile ({self.vae_tile // 2} px)", self.vae_overlap)
 
     def lr_at(self, step: int) -> float:
         """Step-decayed learning rate ``lr · lr_decay^(step // decay_every)``."""
@@ -61,16 +177,19 @@ class PanoramaConfig(EditConfig):
     """Panorama / large image editing: overlapping latent windows are the particles."""
 
     window: int = 64
-    """Window side in latents (64 latents = 512 px for Stable Diffusion's VAE)."""
+    """Window side in latents (64 latents = 512 px for Stable Diffusion's VAE). Source: official code (512 px
+    crops)."""
     stride: int = 16
-    """Offset between neighbouring windows, in latents."""
+    """Offset between neighbouring windows, in latents. Source: official code (``--stride 16``)."""
     blend: float = 0.5
-    """Region editing: width of the transition between neighbouring prompts, as a fraction of a band."""
+    """Region editing: width of the transition between neighbouring prompts, as a fraction of a band, in
+    (0, 1]. Ours (the official region script uses hard masks)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 1 <= self.stride <= self.window:
-            raise ValueError(f"stride: expected 1 <= stride <= window ({self.window}), got {self.stride}")
+    def validate(self) -> None:
+        super().validate()
+        _require("window", self.window >= 1, "a positive window side in latents", self.window)
+        _require("stride", 1 <= self.stride <= self.window, f"1 <= stride <= window ({self.window})", self.stride)
+        _require("blend", 0 < self.blend <= 1, "a fraction in (0, 1]", self.blend)
 
 
 @dataclass
@@ -78,39 +197,62 @@ class VideoConfig(EditConfig):
     """Video editing: frames are the particles, edited in overlapping chunks of ``batch`` frames."""
 
     steps: int = 100
+    """Optimisation steps per chunk. Ours, from the first implementation; not yet compared on the real model
+    with the official code's 200 steps at lr 2.0."""
     lr: float = 0.5
+    """SGD learning rate on the latents. Ours (see ``steps``); the image guidance below is weaker than the
+    official 5.0, so each step moves further from the source."""
     image_guidance_scale: float = 1.5
+    """Image guidance s_I for frames. Source: IP2P's default (diffusers' pipeline, 1.5); video edits (a shirt's
+    colour) need the weaker image pull, where 5.0 keeps frames at the source."""
     overlap: int = 2
-    """Frames shared by consecutive chunks; already edited ones anchor the next chunk through the kernel."""
+    """Frames shared by consecutive chunks; already edited ones anchor the next chunk through the kernel. Ours."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 <= self.overlap < self.batch:
-            raise ValueError(f"overlap: expected 0 <= overlap < batch ({self.batch}), got {self.overlap}")
+    def validate(self) -> None:
+        super().validate()
+        _require("overlap", 0 <= self.overlap < self.batch, f"0 <= overlap < batch ({self.batch})", self.overlap)
 
 
 def with_overrides(config: C, source: str = "overrides", **overrides: Any) -> C:
     """``dataclasses.replace`` with an error naming unknown fields."""
-    names = {f.name for f in dataclasses.fields(config)}
+    names = {f.name for f in dataclasses.fields(config) if f.init}
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise ValueError(f"{source}: unknown option(s) {unknown} for {type(config).__name__}; "
-                         f"expected some of {sorted(names)}")
+        raise ConfigError(unknown[0], f"unknown option(s) {unknown} for {type(config).__name__} in {source}; "
+                          f"expected some of {sorted(names)}")
     return dataclasses.replace(config, **overrides)
 
 
-def load_preset(name_or_file: Union[str, Path], cls: Type[C]) -> C:
-    """Load a preset (a name in ``configs/`` such as ``image``, or a YAML file) into ``cls``.
+def preset_names() -> list:
+    """Names of the presets shipped with the package."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
-    A preset lists fields of ``cls`` by name; fields it leaves out keep their defaults.
+
+def load_preset(name_or_file: Union[str, Path], cls: Type[C]) -> C:
+    """Load a preset (a name such as ``image``, or a YAML file) into ``cls``.
+
+    A preset lists fields of ``cls`` by name; fields it leaves out keep their defaults. Every problem (unreadable
+    file, YAML syntax, unknown key, wrong type, out of range) is one :class:`ConfigError` that names the file and
+    the key.
     """
     path = Path(name_or_file)
     if not path.suffix:
         path = PRESET_DIR / f"{name_or_file}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-        raise ValueError(f"preset: expected a preset name {known} or a YAML file, got {str(name_or_file)!r}")
-    data: Optional[Dict[str, Any]] = yaml.safe_load(path.read_text())
+        raise ConfigError("preset", f"expected a preset name {preset_names()} or a YAML file, "
+                          f"got {str(name_or_file)!r}")
+    try:
+        data: Optional[Dict[str, Any]] = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+        detail = " ".join(str(err).split())
+        raise ConfigError("preset", f"expected a readable YAML mapping in {str(path)!r}, got an error: {detail}") \
+            from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise ValueError(f"preset: expected a mapping of {cls.__name__} fields in {str(path)!r}")
-    return with_overrides(cls(), source=f"preset {str(path)!r}", **data)
+        raise ConfigError("preset", f"expected a mapping of {cls.__name__} fields in {str(path)!r}, "
+                          f"got {type(data).__name__}")
+    try:
+        return with_overrides(cls(), source=f"preset {str(path)!r}", **{str(k): v for k, v in data.items()})
+    except ConfigError as err:
+        raise ConfigError(err.field, f"in preset {str(path)!r}: {str(err)[len(err.field) + 2:]}") from None

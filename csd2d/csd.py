@@ -6,42 +6,17 @@ This is the one loop body shared by panorama, video and the nerfstudio pipeline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .config import EditConfig, StepConfig
 from .guidance import IP2PGuidance
 from .kernel import csd_gradient
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .config import EditConfig
-
-__all__ = ["StepConfig", "StepResult", "csd_edit_step", "optimize_latents"]
-
-
-@dataclass
-class StepConfig:
-    """Knobs of one CSD-Edit step. Defaults follow the paper's image setting and the official code."""
-
-    guidance_scale: float = 7.5
-    """Text (instruction) classifier-free guidance scale s_T."""
-    image_guidance_scale: float = 5.0
-    """Image classifier-free guidance scale s_I (higher keeps closer to the source)."""
-    t_min: int = 20
-    """Smallest diffusion timestep sampled."""
-    t_max: int = 500
-    """Largest diffusion timestep sampled."""
-    coupling: bool = True
-    """Couple the particles through the SVGD kernel (CSD). False gives independent per-sample delta score
-    distillation from the same code path: the ablation baseline."""
-    repulsion: float = 1.0
-    """Weight of the kernel-gradient (repulsive) term."""
-    bandwidth: Optional[float] = None
-    """Fixed RBF kernel bandwidth h; None uses the median heuristic."""
-    max_batch: Optional[int] = None
-    """Largest UNet batch; the 6 × N guidance evaluations are split into chunks of this size to cap memory."""
+__all__ = ["StepResult", "csd_edit_step", "optimize_latents"]
 
 
 @dataclass
@@ -60,7 +35,7 @@ def csd_edit_step(
     source_latents: Float[Tensor, "N C h w"],
     target_emb: Float[Tensor, "N L D"],
     source_emb: Float[Tensor, "N L D"],
-    config: StepConfig = StepConfig(),
+    config: Optional[StepConfig] = None,
     *,
     generator: Optional[torch.Generator] = None,
     noise: Optional[Tensor] = None,
@@ -78,10 +53,11 @@ def csd_edit_step(
         source_latents: per-particle source latents (scaled), also the image condition.
         target_emb: per-particle instruction embeddings ``[N, L, D]``.
         source_emb: per-particle source-prompt embeddings ``[N, L, D]``.
-        config: guidance scales, timestep range, coupling and kernel options.
+        config: guidance scales, timestep range, coupling and kernel options (default :class:`StepConfig`).
         generator: random source for the timestep and the noise.
         noise / t: explicit noise and timestep (for tests and for reusing draws).
     """
+    config = StepConfig() if config is None else config
     res = guidance.edit_scores(
         target_latents,
         source_latents,
@@ -109,7 +85,7 @@ def optimize_latents(
     source: Float[Tensor, "N C h w"],
     target_emb: Float[Tensor, "N L D"],
     source_emb: Float[Tensor, "N L D"],
-    config: "EditConfig",
+    config: EditConfig,
     *,
     generator: Optional[torch.Generator] = None,
     anchors: int = 0,

@@ -110,7 +110,7 @@ class CSDEditor:
         resizing, tiling and alpha handling as :meth:`edit_panorama` and :meth:`edit_video`.
 
         The VAE's own loss is the same for every editing method; :mod:`csd2d.demo` measures edits against this
-        round trip so that the codec does not count as inconsistency (see :func:`csd2d.demo.compare_video`).
+        round trip so that the codec does not count as inconsistency (see :func:`csd2d.compare.compare_video`).
         ``config`` supplies ``vae_tile``/``vae_overlap``/``batch`` (default :class:`PanoramaConfig`).
         """
         images = list(images)

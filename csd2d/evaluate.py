@@ -1,6 +1,6 @@
 """Seed sweep of CSD against independent editing: ``python -m csd2d.evaluate``.
 
-Runs :func:`csd2d.demo.compare_panorama` and :func:`csd2d.demo.compare_video` for every random-outcome
+Runs :func:`csd2d.compare.compare_panorama` and :func:`csd2d.compare.compare_video` for every random-outcome
 instruction and seed, on the demo inputs and optionally on extra wide photos (e.g. ``../shared/data/images``,
 downscaled to the demo's height), and prints per case the CSD/baseline ratios and in how many seeds CSD was
 more consistent. Writes everything to a JSON file.
@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import tyro
 from PIL import Image
 
-from .demo import (PANORAMA_METRICS, VIDEO_METRICS, DemoConfig, compare_panorama, compare_video, demo_panorama,
-                   demo_video, raw_key)
+from .compare import PANORAMA_METRICS, VIDEO_METRICS, compare_panorama, compare_video, raw_key
+from .demo import DemoConfig, demo_panorama, demo_video
 from .editor import CSDEditor
 from .guidance import EMBEDDED_MODEL
 

@@ -314,10 +314,10 @@ class IP2PGuidance:
         target_emb: Float[Tensor, "N L D"],
         source_emb: Float[Tensor, "N L D"],
         *,
-        guidance_scale: float = 7.5,
-        image_guidance_scale: float = 1.5,
-        t_min: int = 20,
-        t_max: int = 500,
+        guidance_scale: float,
+        image_guidance_scale: float,
+        t_min: int,
+        t_max: int,
         generator: Optional[torch.Generator] = None,
         noise: Optional[Tensor] = None,
         t: Optional[Tensor] = None,
@@ -334,6 +334,8 @@ class IP2PGuidance:
             source_latents: the source image latents (scaled), one per particle.
             target_emb / source_emb: per-particle text embeddings (instruction and source prompt).
             noise: optional explicit noise (default: standard normal from ``generator``).
+            guidance_scale / image_guidance_scale: s_T and s_I (defaults live in :class:`csd2d.config.StepConfig`).
+            t_min / t_max: timestep range sampled when ``t`` is not given.
             t: optional explicit timestep (default: uniform in ``[t_min, t_max]``).
         """
         if target_latents.shape != source_latents.shape:

@@ -101,8 +101,9 @@ def rbf_kernel_grad(
 def csd_gradient(
     scores: Float[Tensor, "N ..."],
     particles: Float[Tensor, "N ..."],
+    *,
+    repulsion: float,
     bandwidth: Optional[float] = None,
-    repulsion: float = 1.0,
 ) -> Float[Tensor, "N ..."]:
     """SVGD descent direction of Collaborative Score Distillation (Kim et al. 2023, eq. 6).
 
@@ -121,7 +122,8 @@ def csd_gradient(
         scores: per-particle scores, same shape as ``particles``.
         particles: the points the kernel is evaluated on (for CSD-Edit, the noisy target latents).
         bandwidth: fixed RBF bandwidth ``h``; ``None`` uses the median heuristic.
-        repulsion: weight of the kernel-gradient (repulsive) term.
+        repulsion: weight of the kernel-gradient (repulsive) term; SVGD proper is 1 (the default of
+            :attr:`csd2d.config.StepConfig.repulsion`).
 
     Returns:
         The descent direction, same shape and dtype as ``scores``.

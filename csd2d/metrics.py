@@ -1,18 +1,19 @@
-"""Consistency and edit-strength metrics for CSD evaluations (used by ``csd2d demo`` and the benchmarks).
+"""Consistency metrics for CSD evaluations (used by ``csd2d demo``, ``csd2d.evaluate`` and the benchmarks).
+
+Edit strength depends on what an instruction means, so it lives with the model that knows the instructions:
+:func:`csd2d.tiny.edits.edit_strength` for the embedded model.
 
 All images are float tensors in [0, 1], ``[3, H, W]`` (or ``[T, 3, H, W]`` for videos), source and edited of
-equal size. Lower inconsistency is better; strength is larger for stronger edits.
+equal size. Lower inconsistency is better.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Dict, Sequence
 
 import torch
 from torch import Tensor
 
-from .tiny.edits import LUMA, chroma_plane
 from .views import window_positions
 
 __all__ = [
@@ -22,7 +23,6 @@ __all__ = [
     "window_edit_spread",
     "colour_map_spread",
     "temporal_inconsistency",
-    "edit_strength",
 ]
 
 
@@ -147,36 +147,6 @@ def temporal_inconsistency(edited: Tensor, source: Tensor, shift: int) -> float:
     if not 0 <= shift < w:
         raise ValueError(f"shift: expected 0 <= shift < width ({w}), got {shift}")
     return float((e[1:, ..., : w - shift] - e[:-1, ..., shift:]).abs().mean())
-
-
-def _wrap(angle: Tensor) -> Tensor:
-    return torch.remainder(angle + math.pi, 2 * math.pi) - math.pi
-
-
-def edit_strength(edited: Tensor, source: Tensor, instruction: str) -> float:
-    """How far ``edited`` moved toward ``instruction`` (one number per edit type, batched images allowed).
-
-    - ``recolor it``: hue shift in degrees, ``mean |wrap(hue_edited − hue_source)|`` weighted by the
-      source's chroma (hue and chroma from :func:`csd2d.tiny.edits.chroma_plane`).
-    - ``make it grayscale``: relative saturation drop ``1 − mean chroma(edited) / mean chroma(source)``.
-    - ``make it night``: relative luma drop ``1 − mean Y(edited) / mean Y(source)`` (Rec. 601 luma).
-    - ``invert the colors``: ``1 − mean |edited − (1 − source)| / mean |source − (1 − source)|``.
-    - anything else: mean absolute change ``mean |edited − source|``.
-    """
-    edited, source = edited.float(), source.float()
-    if instruction == "recolor it":
-        hue_e, _ = chroma_plane(edited)
-        hue_s, chroma_s = chroma_plane(source)
-        weight = chroma_s / chroma_s.sum().clamp_min(1e-8)
-        return float(math.degrees(float((_wrap(hue_e - hue_s).abs() * weight).sum())))
-    if instruction == "make it grayscale":
-        return float(1 - chroma_plane(edited)[1].mean() / chroma_plane(source)[1].mean().clamp_min(1e-8))
-    if instruction == "make it night":
-        luma = lambda x: torch.einsum("c,...chw->...hw", LUMA, x).mean()
-        return float(1 - luma(edited) / luma(source).clamp_min(1e-8))
-    if instruction == "invert the colors":
-        return float(1 - (edited - (1 - source)).abs().mean() / (2 * source - 1).abs().mean().clamp_min(1e-8))
-    return float((edited - source).abs().mean())
 
 
 def summarize(values: Sequence[float]) -> Dict[str, float]:

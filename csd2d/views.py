@@ -103,7 +103,7 @@ def _smoothstep(u: Tensor) -> Tensor:
     return u * u * (3.0 - 2.0 * u)
 
 
-def region_weights(num_prompts: int, width: int, blend: float = 0.5) -> Float[Tensor, "P W"]:
+def region_weights(num_prompts: int, width: int, blend: float) -> Float[Tensor, "P W"]:
     """Weights of ``num_prompts`` prompts laid left to right across ``width`` columns.
 
     Prompt ``p`` owns the ``p``-th of ``P`` equal bands. Around each of the ``P − 1`` borders ``b`` the

@@ -1,8 +1,5 @@
 """csd2d end to end: the Python API and the CLI on real photos and synthetic videos, and bad input."""
 
-import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -81,17 +78,25 @@ def test_empty_prompt_and_unknown_override(editor):
         editor.edit_panorama(img, "make it red", window=8, stride=9)
 
 
-def test_video_chunks_keep_frame_count_size_and_are_finite(editor):
+def test_video_chunks_edit_every_frame(editor):
+    """30 frames in chunks of 6 (overlap 2): every frame comes back edited, i.e. different from the zero edit
+    (the input's VAE round trip), so no chunk is skipped or left unwritten."""
     frames = synthetic_video(30)
     out = editor.edit_video(frames, "make it red", progress=False, **FAST_VIDEO)
     assert len(out) == 30 and all(f.size == frames[0].size for f in out)
-    arr = np.stack([np.asarray(f) for f in out])
-    assert np.isfinite(arr).all() and arr.std() > 0
+    zero = editor.reconstruct(frames, VideoConfig(**FAST_VIDEO))
+    change = [np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() for a, b in zip(out, zero)]
+    assert min(change) > 0.5, change
 
 
 def test_video_single_frame_is_plain_sds(editor):
-    out = editor.edit_video(synthetic_video(1), "make it red", progress=False, **FAST_VIDEO)
-    assert len(out) == 1
+    """N = 1: the kernel adds nothing, CSD equals independent delta score distillation."""
+    frame = synthetic_video(1)
+    csd = editor.edit_video(frame, "make it red", progress=False, **FAST_VIDEO)
+    sds = editor.edit_video(frame, "make it red", progress=False, **{**FAST_VIDEO, "coupling": False})
+    assert len(csd) == 1 and np.array_equal(np.asarray(csd[0]), np.asarray(sds[0]))
+    zero = editor.reconstruct(frame, VideoConfig(**FAST_VIDEO))[0]
+    assert not np.array_equal(np.asarray(csd[0]), np.asarray(zero))
 
 
 def test_video_frames_of_different_sizes_are_refused(editor):
@@ -178,12 +183,8 @@ def test_cli_bad_inputs_exit_nonzero_with_one_message(tmp_path, tiny_model_dir, 
     assert not (tmp_path / "o.png").exists() and not list(tmp_path.glob(".o.*"))
 
 
-def test_presets_mirror_the_dataclasses_and_flags_override():
-    for name, cls in (("image", PanoramaConfig), ("region", PanoramaConfig), ("video", VideoConfig)):
-        import yaml
-
-        keys = set(yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text()))
-        assert keys == {f.name for f in dataclasses.fields(cls)}, name
+def test_presets_load_and_flags_override():
+    """Presets list only what differs from the defaults (tests/test_config.py); flags override a preset."""
     assert load_preset("image", PanoramaConfig) == PanoramaConfig()
     assert load_preset("video", VideoConfig) == VideoConfig()
     assert load_preset("region", PanoramaConfig).blend != PanoramaConfig().blend
@@ -193,12 +194,19 @@ def test_presets_mirror_the_dataclasses_and_flags_override():
     assert args.config.lr == 0.1 and args.config.image_guidance_scale == 1.5
 
 
-def test_cli_help_documents_every_option():
-    out = subprocess.run([sys.executable, "-m", "csd2d", "panorama", "--help"], capture_output=True, text=True,
-                         cwd=REPO, timeout=120)
-    assert out.returncode == 0
+def _help(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as info:
+        parse(argv)
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_cli_help_documents_every_option(capsys):
+    """tyro's help, in process (a subprocess would add nothing): every flag is listed with its docstring."""
+    out = _help(capsys, ["panorama", "--help"])
     for flag in ["--prompt", "--prompts", "--output", "--model", "--steps", "--seed", "--device", "--preset",
                  "--overwrite", "--preview", "--window", "--stride", "--coupling", "--max-batch"]:
-        assert flag in out.stdout, flag
-    top = subprocess.run([sys.executable, "-m", "csd2d", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert top.returncode == 0 and "panorama" in top.stdout and "video" in top.stdout
+        assert flag in out, flag
+    assert "official code" in out  # field docstrings (with their sources) reach the help text
+    top = _help(capsys, ["--help"])
+    assert "panorama" in top and "video" in top

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from csd2d import EMBEDDED_MODEL, CSDEditor, IP2PGuidance
 from csd2d.demo import DemoConfig, demo_panorama, demo_video
 from csd2d.imaging import pil_to_tensor
-from csd2d.metrics import edit_strength
+from csd2d.tiny.edits import edit_strength
 from csd2d.tiny import WEIGHTS_DIR
 from csd2d.tiny.edits import RANDOM_EDITS
 
@@ -56,7 +56,7 @@ def test_reconstruct_is_the_zero_edit_and_what_the_demo_measures_against(embedde
     """``CSDEditor.reconstruct`` (the VAE round trip of editing) keeps size and alpha, is close to the input
     but not equal to it, and the demo's metrics use it as the zero point: the recorded codec floor is the raw
     metric of the reconstruction, and the baseline's metric against it differs from the raw one."""
-    from csd2d.demo import compare_video
+    from csd2d.compare import compare_video
     from csd2d.metrics import temporal_inconsistency
 
     rgba = demo_panorama(64).crop((0, 0, 70, 66)).convert("RGBA")  # not a multiple of the VAE factor
@@ -128,11 +128,15 @@ def test_demo_cli_writes_report_and_media(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--output", str(out), "--steps", "3", "--no-progress"]) == 0
     report = json.loads((out / "report.json").read_text())
-    for kind, metric in (("panorama", "seam_inconsistency"), ("video", "temporal_inconsistency")):
+    markdown = (out / "report.md").read_text()
+    assert markdown.startswith("# CSD vs independent editing")
+    for kind, metric in (("panorama", "colour_map_spread"), ("video", "temporal_inconsistency")):
         for instruction in ("recolor it", "make it night"):
             entry = report[kind][instruction]
-            assert entry["csd"][metric] >= 0 and entry["baseline"][metric] >= 0
-    assert (out / "report.md").read_text().startswith("# CSD vs independent editing")
+            b, c = entry["baseline"][metric], entry["csd"][metric]
+            assert entry["ratio_csd_over_baseline"][metric] == pytest.approx(c / b)
+            assert f"| {kind} | {instruction} | {metric} | {b:.4f} | {c:.4f} | {c / b:.2f} |" in markdown
+            assert entry["csd"]["edit_strength"] != entry["baseline"]["edit_strength"]  # two different runs
     pngs, gifs = sorted(out.glob("panorama_*.png")), sorted(out.glob("video_*.gif"))
     assert len(pngs) == 2 and len(gifs) == 2
     with Image.open(pngs[0]) as sheet:
@@ -161,7 +165,7 @@ def test_csd_keeps_video_edits_consistent_across_seeds(embedded, instruction):
     """The method's claim on the embedded model: for a random-outcome edit of a panning video, at matched edit
     strength and with the demo's settings, CSD's temporal inconsistency is at most 0.6× independent editing's
     (the issue's target) in every one of 5 seeds."""
-    from csd2d.demo import compare_video
+    from csd2d.compare import compare_video
 
     demo = DemoConfig()
     frames = demo_video(demo.video_frames, demo.video_size, demo.video_shift)
@@ -177,7 +181,7 @@ def test_csd_keeps_panorama_edits_consistent_across_seeds(embedded, instruction)
     colour map (colour-map spread) better than independently edited windows do in every one of 5 seeds, and
     on average by the margin in :data:`PANORAMA_MEAN_RATIO_BOUND`. CSD adds no seams (borders at most 1.2× as
     visible, relative to the rest of the image, as in the unedited round trip)."""
-    from csd2d.demo import compare_panorama
+    from csd2d.compare import compare_panorama
 
     demo = DemoConfig()
     pano = demo_panorama(demo.panorama_height)
@@ -198,7 +202,7 @@ PANORAMA_MEAN_RATIO_BOUND = {"recolor it": 0.85, "make it night": 0.75}
 def test_evaluate_sweeps_seeds_and_extra_photos(embedded, tmp_path):
     """``python -m csd2d.evaluate`` end to end at a tiny scale: every case and seed is reported, with the
     strength-matching outcome, and an extra photo is edited as a panorama."""
-    from csd2d.demo import STRENGTH_TOLERANCE
+    from csd2d.compare import STRENGTH_TOLERANCE
     from csd2d.evaluate import EvalConfig, evaluate, summary_rows
 
     photo = tmp_path / "wide.png"

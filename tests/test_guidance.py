@@ -103,9 +103,22 @@ def test_prompts_change_the_embedding(guidance):
     assert torch.equal(a, a2) and not torch.allclose(a, b)
 
 
+def _settings(config: StepConfig = StepConfig()) -> dict:
+    """The step settings ``edit_scores`` takes, from the one config tree."""
+    return dict(guidance_scale=config.guidance_scale, image_guidance_scale=config.image_guidance_scale,
+                t_min=config.t_min, t_max=config.t_max)
+
+
+def test_edit_scores_take_their_settings_explicitly(guidance):
+    """No defaults that could disagree with StepConfig's."""
+    target, source, et, es = _inputs(guidance)
+    with pytest.raises(TypeError):
+        guidance.edit_scores(target, source, et, es, t=torch.tensor([300]))
+
+
 def test_max_batch_chunks_give_the_same_scores(guidance):
     target, source, et, es = _inputs(guidance)
-    kw = dict(generator=None, noise=torch.randn_like(target), t=torch.tensor([300]))
+    kw = dict(generator=None, noise=torch.randn_like(target), t=torch.tensor([300]), **_settings())
     full = guidance.edit_scores(target, source, et, es, **kw)
     chunked = guidance.edit_scores(target, source, et, es, max_batch=4, **kw)
     assert torch.allclose(full.scores, chunked.scores, atol=1e-5)
@@ -113,7 +126,7 @@ def test_max_batch_chunks_give_the_same_scores(guidance):
 
 def test_identical_target_and_source_under_same_prompt_give_zero_score(guidance):
     _, source, _, es = _inputs(guidance)
-    res = guidance.edit_scores(source, source, es, es, generator=torch.Generator().manual_seed(0))
+    res = guidance.edit_scores(source, source, es, es, generator=torch.Generator().manual_seed(0), **_settings())
     assert res.scores.abs().max() < 1e-5
 
 

@@ -38,13 +38,13 @@ def test_two_particles_are_finite():
     d = (x[0] - x[1]).pow(2).sum()
     assert torch.isclose(h, d / math.log(3))
     assert torch.isclose(k[0, 1], torch.tensor(math.exp(-math.log(3))))  # exp(-d/h) = 1/3
-    g = csd_gradient(torch.randn_like(x), x)
+    g = csd_gradient(torch.randn_like(x), x, repulsion=1.0)
     assert torch.isfinite(g).all()
 
 
 def test_identical_particles_stay_finite():
     x = torch.ones(4, 2, 3)
-    g = csd_gradient(torch.randn_like(x), x)
+    g = csd_gradient(torch.randn_like(x), x, repulsion=1.0)
     assert torch.isfinite(g).all()
 
 
@@ -75,14 +75,14 @@ def test_csd_gradient_matches_definition():
 
 def test_single_particle_is_plain_score_distillation():
     x, s = _particles(1), _particles(1, seed=3)
-    assert torch.equal(csd_gradient(s, x), s)
-    assert torch.equal(csd_gradient(s.half(), x.half()), s.half())
+    assert torch.equal(csd_gradient(s, x, repulsion=1.0), s)
+    assert torch.equal(csd_gradient(s.half(), x.half(), repulsion=1.0), s.half())
 
 
 def test_zero_score_descent_step_repels():
     x = _particles(8, shape=(4,))
     before = torch.pdist(x).min()
-    x_new = x - 0.5 * csd_gradient(torch.zeros_like(x), x)
+    x_new = x - 0.5 * csd_gradient(torch.zeros_like(x), x, repulsion=1.0)
     after = torch.pdist(x_new).min()
     assert after > before * 1.01
 
@@ -90,8 +90,8 @@ def test_zero_score_descent_step_repels():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_matches_fp32(dtype):
     x, s = _particles(6), _particles(6, seed=4)
-    ref = csd_gradient(s, x)
-    low = csd_gradient(s.to(dtype), x.to(dtype))
+    ref = csd_gradient(s, x, repulsion=1.0)
+    low = csd_gradient(s.to(dtype), x.to(dtype), repulsion=1.0)
     assert low.dtype == dtype
     assert torch.isfinite(low).all()
     assert torch.allclose(low.float(), ref, rtol=0.05, atol=0.02)
@@ -102,17 +102,17 @@ def test_low_precision_matches_fp32(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cuda_matches_cpu(dtype):
     x, s = _particles(6), _particles(6, seed=4)
-    ref = csd_gradient(s.to(dtype), x.to(dtype)).float()
-    gpu = csd_gradient(s.to("cuda", dtype), x.to("cuda", dtype))
+    ref = csd_gradient(s.to(dtype), x.to(dtype), repulsion=1.0).float()
+    gpu = csd_gradient(s.to("cuda", dtype), x.to("cuda", dtype), repulsion=1.0)
     assert gpu.device.type == "cuda" and gpu.dtype == dtype
     assert torch.allclose(gpu.float().cpu(), ref, rtol=0.02, atol=0.02)
 
 
 def test_shape_mismatch_is_named():
     with pytest.raises(ValueError, match="scores: expected the same shape"):
-        csd_gradient(torch.zeros(3, 2), torch.zeros(3, 4))
+        csd_gradient(torch.zeros(3, 2), torch.zeros(3, 4), repulsion=1.0)
     with pytest.raises(ValueError, match="bandwidth: expected a positive"):
-        csd_gradient(torch.zeros(3, 2), torch.zeros(3, 2), bandwidth=-1.0)
+        csd_gradient(torch.zeros(3, 2), torch.zeros(3, 2), bandwidth=-1.0, repulsion=1.0)
 
 
 def test_svgd_recovers_gaussian():
@@ -124,7 +124,7 @@ def test_svgd_recovers_gaussian():
     x = torch.randn(50, 2, generator=g) * 0.1 + torch.tensor([-6.0, 5.0])
     for step in range(3000):
         score = (x - mean) @ precision  # −∇ log p, the "noise" convention csd_gradient expects
-        x = x - 0.05 * csd_gradient(score, x)
+        x = x - 0.05 * csd_gradient(score, x, repulsion=1.0)
     emp_mean = x.mean(0)
     emp_cov = torch.cov(x.T)
     assert torch.allclose(emp_mean, mean, atol=0.1), emp_mean

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from csd2d.metrics import (border_discontinuity, edit_strength, seam_inconsistency, temporal_inconsistency,
+from csd2d.metrics import (border_discontinuity, seam_inconsistency, temporal_inconsistency,
                            window_edit_spread)
-from csd2d.tiny.edits import EDITS, RANDOM_EDITS, apply_edit, chroma_plane, hue_rotate
+from csd2d.tiny.edits import EDITS, RANDOM_EDITS, apply_edit, chroma_plane, edit_strength, hue_rotate
 
 
 def _smooth(h=64, w=160, seed=0):
@@ -92,7 +92,7 @@ def test_colour_map_spread_ignores_content_but_sees_mixed_outcomes():
 def test_learning_rate_matching_reaches_the_target_strength(power):
     """The demo's strength matching: on a monotone strength(scale) law it lands within the tolerance and
     reports the scale it used."""
-    from csd2d.demo import STRENGTH_TOLERANCE, match_learning_rate
+    from csd2d.compare import STRENGTH_TOLERANCE, match_learning_rate
 
     calls = []
 
@@ -108,7 +108,7 @@ def test_learning_rate_matching_reaches_the_target_strength(power):
 
 
 def test_learning_rate_matching_stops_when_the_edit_did_not_happen():
-    from csd2d.demo import match_learning_rate
+    from csd2d.compare import match_learning_rate
 
     calls = []
     scale, strength, _, runs = match_learning_rate(lambda s: (calls.append(s) or -0.1, None), target=0.5, scale=4.0)

@@ -28,7 +28,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["EDITS", "RANDOM_EDITS", "apply_edit", "hue_rotate", "chroma_plane", "LUMA"]
+__all__ = ["EDITS", "RANDOM_EDITS", "apply_edit", "edit_strength", "hue_rotate", "chroma_plane", "LUMA"]
 
 LUMA = torch.tensor([0.299, 0.587, 0.114])
 _K = torch.ones(3) / math.sqrt(3.0)
@@ -101,3 +101,33 @@ def apply_edit(instruction: str, images: Tensor, generator: Optional[torch.Gener
     if instruction not in EDITS:
         raise ValueError(f"instruction: expected one of {sorted(EDITS)}, got {instruction!r}")
     return EDITS[instruction](images, generator or torch.Generator().manual_seed(0))
+
+
+def _wrap(angle: Tensor) -> Tensor:
+    return torch.remainder(angle + math.pi, 2 * math.pi) - math.pi
+
+
+def edit_strength(edited: Tensor, source: Tensor, instruction: str) -> float:
+    """How far ``edited`` moved toward ``instruction`` (one number per edit type, batched images allowed).
+
+    - ``recolor it``: hue shift in degrees, ``mean |wrap(hue_edited − hue_source)|`` weighted by the
+      source's chroma (hue and chroma from :func:`chroma_plane`).
+    - ``make it grayscale``: relative saturation drop ``1 − mean chroma(edited) / mean chroma(source)``.
+    - ``make it night``: relative luma drop ``1 − mean Y(edited) / mean Y(source)`` (Rec. 601 luma).
+    - ``invert the colors``: ``1 − mean |edited − (1 − source)| / mean |source − (1 − source)|``.
+    - anything else: mean absolute change ``mean |edited − source|``.
+    """
+    edited, source = edited.float(), source.float()
+    if instruction == "recolor it":
+        hue_e, _ = chroma_plane(edited)
+        hue_s, chroma_s = chroma_plane(source)
+        weight = chroma_s / chroma_s.sum().clamp_min(1e-8)
+        return float(math.degrees(float((_wrap(hue_e - hue_s).abs() * weight).sum())))
+    if instruction == "make it grayscale":
+        return float(1 - chroma_plane(edited)[1].mean() / chroma_plane(source)[1].mean().clamp_min(1e-8))
+    if instruction == "make it night":
+        luma = lambda x: torch.einsum("c,...chw->...hw", LUMA, x).mean()
+        return float(1 - luma(edited) / luma(source).clamp_min(1e-8))
+    if instruction == "invert the colors":
+        return float(1 - (edited - (1 - source)).abs().mean() / (2 * source - 1).abs().mean().clamp_min(1e-8))
+    return float((edited - source).abs().mean())

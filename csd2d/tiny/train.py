@@ -14,7 +14,7 @@ Recipe (all seeded; see the model card written next to the weights):
    Stable Diffusion's scaled-linear 1000-step schedule, and InstructPix2Pix's conditioning dropout
    (5 % no text, 5 % no image, 5 % neither) so that three-way guidance works. Without text the target is the
    unedited source, so the empty instruction means "keep the image" (what CSD-Edit's source branch
-   subtracts); this tripled the "recolor it" edit strength of score distillation in a 600-step probe.
+   subtracts).
    The training noise carries a per-channel constant *offset* (``offset_noise``), so that the UNet cannot read
    an image's overall brightness and colour off the noisy input and has to take them from the instruction.
 
@@ -77,9 +77,8 @@ class TrainConfig:
     """Training noise is ``ε + offset_noise · δ`` with ``δ`` one normal draw per sample and channel (constant over
     the image), "offset noise". Without it the UNet reads an image's overall brightness and colour off the noisy
     input (the schedule never removes the mean; Lin et al. 2023, "Common Diffusion Noise Schedules and Sample
-    Steps are Flawed"), so score distillation, which starts from the source, could not darken: in a probe that
-    fine-tuned the previous model (trained without it) for 800 steps, the SDS "make it night" luma drop went from
-    0.02 to 0.86 with 0.5 (and stayed 0.02 with 0.1), and the "recolor it" hue shift from 69° to 131°."""
+    Steps are Flawed"), and score distillation, which starts from the source, cannot darken. 0.5: our
+    measurement (README, "Embedded model: design notes")."""
     identity_when_no_text: bool = True
     """When the instruction is dropped (classifier-free guidance training), the target is the unedited source:
     the empty instruction then means "keep the image", which is what CSD-Edit's source branch subtracts."""

@@ -1,0 +1,164 @@
+"""The comparison harness: CSD against independent editing on one input, at matched edit strength.
+
+Used by ``csd2d demo``, ``python -m csd2d.evaluate`` and the 3D evaluation. Both arms run through the same
+editor call with the same seed; the baseline is ``coupling=False``. Inconsistency metrics come from
+:mod:`csd2d.metrics`, edit strength from the model's own instruction semantics
+(:func:`csd2d.tiny.edits.edit_strength` for the embedded model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable, Dict, List, Tuple
+
+import torch
+from PIL import Image
+
+from .config import PanoramaConfig, VideoConfig
+from .editor import CSDEditor
+from .imaging import pil_to_tensor
+from .metrics import colour_map_spread, seam_inconsistency, temporal_inconsistency, window_edit_spread
+from .tiny.edits import edit_strength
+
+PANORAMA_METRICS = ("colour_map_spread", "seam_inconsistency", "window_edit_spread")
+"""Panorama inconsistency metrics reported (lower is better); colour_map_spread is the primary one."""
+VIDEO_METRICS = ("temporal_inconsistency",)
+
+__all__ = ["PANORAMA_METRICS", "VIDEO_METRICS", "STRENGTH_TOLERANCE", "compare_panorama", "compare_video",
+           "match_learning_rate", "raw_key"]
+
+
+def _t(images) -> torch.Tensor:
+    return torch.cat([pil_to_tensor(i) for i in images])
+
+
+STRENGTH_TOLERANCE = 0.1
+"""CSD and the baseline count as matched when their edit strengths differ by at most this fraction."""
+
+
+def _strength_error(strength: float, target: float) -> float:
+    """Relative distance of ``strength`` from ``target`` (infinite when the target edit did not happen)."""
+    return abs(strength / target - 1) if target > 0 else math.inf
+
+
+def match_learning_rate(run: Callable[[float], Tuple[float, object]], target: float, scale: float,
+                        tolerance: float = STRENGTH_TOLERANCE, tries: int = 4) -> Tuple[float, float, object, int]:
+    """Find a learning-rate scale at which ``run(scale) -> (strength, output)`` reaches ``target`` strength
+    within ``tolerance`` (relative), by secant steps on ``log strength`` against ``log scale``.
+
+    Starts at ``scale``; returns ``(scale, strength, output, runs)`` of the closest run. With a non-positive
+    target or strength (an edit that did not happen) it stops after the first run.
+    """
+    best = None
+    history: List[Tuple[float, float]] = []
+    for attempt in range(tries):
+        strength, output = run(scale)
+        error = _strength_error(strength, target)
+        if best is None or error < best[0]:
+            best = (error, scale, strength, output)
+        if error <= tolerance or target <= 0 or strength <= 0:
+            break
+        history.append((math.log(scale), math.log(strength)))
+        slope = 1.0  # strength ∝ scale until two runs give a measured slope
+        if len(history) >= 2:
+            (x0, y0), (x1, y1) = history[-2:]
+            if abs(x1 - x0) > 1e-6:
+                slope = min(max((y1 - y0) / (x1 - x0), 0.2), 3.0)
+        scale = math.exp(history[-1][0] + (math.log(target) - history[-1][1]) / slope)
+    _, scale, strength, output = best
+    return scale, strength, output, attempt + 1
+
+
+def _compare(edit: Callable[[object], object], as_tensor: Callable[[object], torch.Tensor], source: torch.Tensor,
+             reference: torch.Tensor, metrics: Dict[str, Callable], instruction: str, config, csd_lr_scale: float,
+             match_strength: bool) -> Tuple[Dict, Dict]:
+    """Run the independent baseline (``coupling=False``) and CSD (same seed) through ``edit(config)`` and measure
+    both: every inconsistency metric ``metrics[name](edited, reference)`` against the codec ``reference``, and as
+    ``<name>_raw`` against ``source``; edit strength against ``source``. ``entry["codec_floor"]`` holds the
+    metrics of the reference itself (an edit that changes nothing) against ``source``.
+
+    CSD's learning rate is ``csd_lr_scale`` × the baseline's, adjusted by :func:`match_learning_rate` when
+    ``match_strength``."""
+
+    def run(arm):
+        t0 = time.time()
+        out = edit(arm)
+        edited = as_tensor(out)
+        values = {name: fn(edited, reference) for name, fn in metrics.items()}
+        values.update({raw_key(name): fn(edited, source) for name, fn in metrics.items()})
+        values["edit_strength"] = edit_strength(edited, source, instruction)
+        values["seconds"] = round(time.time() - t0, 2)
+        return values, out
+
+    entry: Dict = {"codec_floor": {name: fn(reference, source) for name, fn in metrics.items()}}
+    outs: Dict = {}
+    entry["baseline"], outs["baseline"] = run(dataclasses.replace(config, coupling=False))
+
+    def run_csd(scale: float):
+        values, out = run(dataclasses.replace(config, coupling=True, lr=config.lr * scale))
+        return values["edit_strength"], (values, out)
+
+    if match_strength:
+        scale, _, (values, out), runs = match_learning_rate(run_csd, entry["baseline"]["edit_strength"],
+                                                            csd_lr_scale)
+    else:
+        scale, runs = csd_lr_scale, 1
+        _, (values, out) = run_csd(scale)
+    entry["csd"], outs["csd"] = values, out
+    keys = tuple(metrics)
+    entry["ratio_csd_over_baseline"] = _ratios(entry, keys + tuple(raw_key(k) for k in keys) + ("edit_strength",))
+    entry["csd_lr_scale"] = round(scale, 4)
+    entry["csd_runs"] = runs
+    entry["matched_strength"] = (_strength_error(values["edit_strength"], entry["baseline"]["edit_strength"])
+                                 <= STRENGTH_TOLERANCE)
+    return entry, outs
+
+
+def raw_key(metric: str) -> str:
+    """Name under which ``metric`` measured against the unedited input itself (codec loss included) is kept."""
+    return f"{metric}_raw"
+
+
+def compare_panorama(editor: CSDEditor, image: Image.Image, instruction: str, config: PanoramaConfig,
+                     progress: bool = False, csd_lr_scale: float = 1.0,
+                     match_strength: bool = False) -> Tuple[Dict, Dict[str, Image.Image]]:
+    """Edit ``image`` with the independent baseline and with CSD (same seed); return metrics and outputs.
+
+    Inconsistency metrics compare the output with :meth:`CSDEditor.reconstruct` of the input (what an edit
+    that changes nothing outputs), so the VAE's own loss, identical in both arms, is not counted; the same
+    metrics against the input itself are kept as ``<metric>_raw``, and the reconstruction's raw metrics as
+    ``entry["codec_floor"]``. Edit strength is measured against the input.
+
+    With ``match_strength`` CSD's learning rate is searched (from ``csd_lr_scale`` × the baseline's) until its
+    edit strength is within :data:`STRENGTH_TOLERANCE` of the baseline's; ``entry["matched_strength"]`` says
+    whether that was reached, ``entry["csd_lr_scale"]`` which scale was used.
+    """
+    f = editor.guidance.vae_scale_factor
+    win, stride = config.window * f, config.stride * f
+    metrics = {  # the order of PANORAMA_METRICS
+        "colour_map_spread": lambda e, s: colour_map_spread(e, s, win, stride),
+        "seam_inconsistency": lambda e, s: seam_inconsistency(e, s, win, stride),
+        "window_edit_spread": lambda e, s: window_edit_spread(e, s, win, stride),
+    }
+    return _compare(lambda arm: editor.edit_panorama(image, instruction, config=arm, progress=progress),
+                    lambda out: _t([out])[0], _t([image])[0], _t(editor.reconstruct([image], config))[0], metrics,
+                    instruction, config, csd_lr_scale, match_strength)
+
+
+def compare_video(editor: CSDEditor, frames: List[Image.Image], instruction: str, config: VideoConfig, shift: int,
+                  progress: bool = False, csd_lr_scale: float = 1.0,
+                  match_strength: bool = False) -> Tuple[Dict, Dict[str, List[Image.Image]]]:
+    """Edit a panning video with the baseline and with CSD (same seed); return metrics and outputs
+    (codec reference, ``_raw`` metrics and ``match_strength`` as in :func:`compare_panorama`)."""
+    metrics = {"temporal_inconsistency": lambda e, s: temporal_inconsistency(e, s, shift)}
+    return _compare(lambda arm: editor.edit_video(frames, instruction, config=arm, progress=progress), _t,
+                    _t(frames), _t(editor.reconstruct(frames, config)), metrics, instruction, config,
+                    csd_lr_scale, match_strength)
+
+
+def _ratios(entry: Dict, keys) -> Dict[str, float]:
+    return {k: entry["csd"][k] / max(entry["baseline"][k], 1e-8) for k in keys}
+
+
