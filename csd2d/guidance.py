@@ -77,7 +77,7 @@ class EditScores:
     """Result of :meth:`IP2PGuidance.edit_scores`."""
 
     scores: Tensor
-    """``w(t) · (ε̂_target − ε̂_source)`` per particle."""
+    """``ε̂_target − ε̂_source`` per particle, unweighted (the CSD-Edit step applies ``w(t)`` to its whole update)."""
     noisy_targets: Tensor
     """The noised target latents ``z_t`` (the points the CSD kernel is evaluated on)."""
     t: Tensor
@@ -323,7 +323,8 @@ class IP2PGuidance:
         t: Optional[Tensor] = None,
         max_batch: Optional[int] = None,
     ) -> EditScores:
-        """CSD-Edit scores ``w(t) (ε̂(z_t^tgt; c_T, src) − ε̂(z_t^src; c_S, src))`` (Kim et al. 2023, eq. 8).
+        """CSD-Edit scores ``ε̂(z_t^tgt; c_T, src) − ε̂(z_t^src; c_S, src)`` (Kim et al. 2023, eq. 8), unweighted:
+        :func:`csd2d.csd.csd_edit_step` multiplies its whole update by ``w(t)``.
 
         Target and source latents are noised with the *same* noise and timestep; both branches are
         conditioned on the source image and batched into the same UNet calls. One timestep is shared by
@@ -360,5 +361,4 @@ class IP2PGuidance:
             max_batch,
         )
         eps_target, eps_source = eps.chunk(2)
-        w = sds_weight(self.alphas_cumprod, t)
-        return EditScores(scores=w * (eps_target - eps_source), noisy_targets=noisy_t, t=t)
+        return EditScores(scores=eps_target - eps_source, noisy_targets=noisy_t, t=t)
