@@ -22,6 +22,7 @@ from typing_extensions import Annotated
 from .config import PanoramaConfig, VideoConfig, load_preset
 from .guidance import DEFAULT_MODEL, EMBEDDED_MODEL, ModelLoadError
 from .io import InputError
+from .paper_metrics import EvalArgs, run_eval
 
 __all__ = ["DemoArgs", "PanoramaArgs", "VideoArgs", "main", "entrypoint"]
 
@@ -123,6 +124,7 @@ def parse(argv: Sequence[str]) -> Union[PanoramaArgs, VideoArgs, "DemoArgs"]:
         Annotated[PanoramaArgs, tyro.conf.subcommand("panorama", default=PanoramaArgs(config=pano))],
         Annotated[VideoArgs, tyro.conf.subcommand("video", default=VideoArgs(config=video))],
         Annotated[DemoArgs, tyro.conf.subcommand("demo", default=DemoArgs())],
+        Annotated[EvalArgs, tyro.conf.subcommand("eval")],
     ]
     return tyro.cli(spec, args=list(argv), prog="csd2d", description=__doc__)
 
@@ -169,6 +171,8 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
     from .editor import CSDEditor, check_prompts
     from .io import IMAGE_SUFFIXES, check_output, load_image, load_video, refuse_existing, save_image, save_video
 
+    if isinstance(args, EvalArgs):
+        return run_eval(args)
     if isinstance(args, DemoArgs):
         from .demo import DemoConfig, report_markdown, run_demo
 
