@@ -37,6 +37,8 @@ class _Common:
     """Torch device, e.g. cuda, cuda:1, cpu; auto picks cuda when available."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Model weights dtype; auto is float16 on CUDA and float32 on CPU."""
+    consistency_decoder: Optional[str] = None
+    """Decode with OpenAI's consistency decoder (hub id such as openai/consistency-decoder or a directory)."""
     preset: Optional[str] = None
     """Preset name in configs/ (image, region, video) or a YAML file; other flags override it."""
     overwrite: bool = False
@@ -196,7 +198,9 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
         frames, fps = load_video(args.input, "input")
         check_prompts(args.prompt, None)
     device, dtype = _device_dtype(args)
-    editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model")
+    editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model",
+                                       consistency_decoder=args.consistency_decoder,
+                                       consistency_decoder_arg="--consistency-decoder")
     if isinstance(args, PanoramaArgs):
         out = editor.edit_panorama(image, prompts=prompts, config=args.config, progress=args.progress)
         save_image(out, args.output)
