@@ -12,6 +12,8 @@ from typing import Dict, Sequence
 import torch
 from torch import Tensor
 
+from .paper_metrics import (clip_direction_consistency_appendix, clip_direction_consistency_issue28,
+                            clip_directional_similarity, clip_image_consistency, evaluate_frames, lpips_consecutive)
 from .tiny.edits import LUMA, chroma_plane
 from .views import window_positions
 
@@ -23,6 +25,13 @@ __all__ = [
     "colour_map_spread",
     "temporal_inconsistency",
     "edit_strength",
+    # the paper's CLIP and LPIPS metrics (csd2d.paper_metrics; models load only when asked for)
+    "clip_directional_similarity",
+    "clip_image_consistency",
+    "clip_direction_consistency_appendix",
+    "clip_direction_consistency_issue28",
+    "lpips_consecutive",
+    "evaluate_frames",
 ]
 
 
