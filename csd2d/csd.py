@@ -15,7 +15,7 @@ Deliberate departures from the official code, each kept on purpose and documente
   diagonal included, which makes ``h = 0`` and the kernel NaN for N = 2 (:func:`csd2d.kernel.median_bandwidth`).
 - **InstructPix2Pix's image condition on the unscaled latent** (:meth:`IP2PGuidance.condition_latents`), as
   diffusers' ``StableDiffusionInstructPix2PixPipeline`` conditions (the official code conditions on the latent
-  multiplied by the VAE scaling factor, which the model was not trained with).
+  multiplied by the VAE scaling factor).
 - **Panorama windows share one noise draw per step** (:func:`csd2d.panorama.edit_panorama` crops one latent-size
   noise): overlapping windows see the same noise where they overlap, so their noisy latents are comparable
   under the kernel. The official code draws noise per window.
