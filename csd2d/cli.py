@@ -22,6 +22,7 @@ from typing_extensions import Annotated
 from .config import PanoramaConfig, VideoConfig, load_preset
 from .guidance import DEFAULT_MODEL, EMBEDDED_MODEL, ModelLoadError
 from .io import InputError
+from .paper_metrics import EvalArgs, run_eval
 
 __all__ = ["DemoArgs", "PanoramaArgs", "VideoArgs", "main", "entrypoint"]
 
@@ -36,6 +37,8 @@ class _Common:
     """Torch device, e.g. cuda, cuda:1, cpu; auto picks cuda when available."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Model weights dtype; auto is float16 on CUDA and float32 on CPU."""
+    consistency_decoder: Optional[str] = None
+    """Decode with OpenAI's consistency decoder (hub id such as openai/consistency-decoder or a directory)."""
     preset: Optional[str] = None
     """Preset name (image, region, video; shipped in csd2d/presets/) or a YAML file; other flags override it."""
     overwrite: bool = False
@@ -123,6 +126,7 @@ def parse(argv: Sequence[str]) -> Union[PanoramaArgs, VideoArgs, "DemoArgs"]:
         Annotated[PanoramaArgs, tyro.conf.subcommand("panorama", default=PanoramaArgs(config=pano))],
         Annotated[VideoArgs, tyro.conf.subcommand("video", default=VideoArgs(config=video))],
         Annotated[DemoArgs, tyro.conf.subcommand("demo", default=DemoArgs())],
+        Annotated[EvalArgs, tyro.conf.subcommand("eval")],
     ]
     return tyro.cli(spec, args=list(argv), prog="csd2d", description=__doc__)
 
@@ -169,6 +173,8 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
     from .editor import CSDEditor, check_prompts
     from .io import IMAGE_SUFFIXES, check_output, load_image, load_video, refuse_existing, save_image, save_video
 
+    if isinstance(args, EvalArgs):
+        return run_eval(args)
     if isinstance(args, DemoArgs):
         from .demo import DemoConfig, report_markdown, run_demo
 
@@ -192,7 +198,9 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
         frames, fps = load_video(args.input, "input")
         check_prompts(args.prompt, None)
     device, dtype = _device_dtype(args)
-    editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model")
+    editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model",
+                                       consistency_decoder=args.consistency_decoder,
+                                       consistency_decoder_arg="--consistency-decoder")
     if isinstance(args, PanoramaArgs):
         out = editor.edit_panorama(image, prompts=prompts, config=args.config, progress=args.progress)
         save_image(out, args.output)

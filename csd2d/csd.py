@@ -1,6 +1,24 @@
 """The CSD-Edit step: InstructPix2Pix scores of all particles, mixed by the SVGD kernel.
 
-This is the one loop body shared by panorama, video and the nerfstudio pipeline.
+This is the one loop body shared by panorama, video and the nerfstudio pipeline. It implements the paper's
+update (Kim et al. 2023, eqs. 6 and 8; the official code's ``w_t * (K·s + dK) / N``):
+
+    ``g_i = w(t)/N · Σ_j [ k(z_j, z_i) s_j − repulsion · ∇_{z_j} k(z_j, z_i) ]``,
+    ``s_j = ε̂(z_t^tgt,j; c_T) − ε̂(z_t^src,j; c_S)``, ``w(t) = 1 − ᾱ_t``,
+
+with the kernel on the noisy targets ``z_t^tgt`` and the descent sign ``x ← x − lr · g``. The weight ``w(t)``
+multiplies the whole update, repulsion included.
+
+Deliberate departures from the official code, each kept on purpose and documented only here:
+
+- **Bandwidth median over i ≠ j.** The official code takes the median over the full distance matrix, zero
+  diagonal included, which makes ``h = 0`` and the kernel NaN for N = 2 (:func:`csd2d.kernel.median_bandwidth`).
+- **InstructPix2Pix's image condition on the unscaled latent** (:meth:`IP2PGuidance.condition_latents`), as
+  diffusers' ``StableDiffusionInstructPix2PixPipeline`` conditions (the official code conditions on the latent
+  multiplied by the VAE scaling factor).
+- **Panorama windows share one noise draw per step** (:func:`csd2d.panorama.edit_panorama` crops one latent-size
+  noise): overlapping windows see the same noise where they overlap, so their noisy latents are comparable
+  under the kernel. The official code draws noise per window.
 """
 
 from __future__ import annotations
@@ -13,7 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .config import EditConfig, StepConfig
-from .guidance import IP2PGuidance
+from .guidance import IP2PGuidance, sds_weight
 from .kernel import csd_gradient
 
 __all__ = ["StepResult", "csd_edit_step", "optimize_latents"]
@@ -24,7 +42,7 @@ class StepResult:
     grad: Tensor
     """Descent direction on the target latents (``x ← x − lr · grad``)."""
     scores: Tensor
-    """The uncoupled per-particle scores ``w(t)(ε̂_tgt − ε̂_src)``."""
+    """The unweighted per-particle scores ``s_i = ε̂_tgt − ε̂_src`` (``grad`` is ``w(t) · s_i`` without coupling)."""
     t: Tensor
     """Timestep used."""
 
@@ -43,9 +61,10 @@ def csd_edit_step(
 ) -> StepResult:
     """One CSD-Edit step (Kim et al. 2023, eqs. 6 and 8): the gradient on the target latents.
 
-    The kernel is evaluated on the noisy target latents ``z_t`` (as in the paper); the scores are
-    ``w(t)(ε̂_tgt − ε̂_src)``. With ``config.coupling = False`` every particle gets its own score only
-    (independent delta score distillation).
+    ``g_i = w(t)/N · Σ_j [k(z_j, z_i) s_j − repulsion · ∇_{z_j} k(z_j, z_i)]`` with ``s_j = ε̂_tgt − ε̂_src``
+    and the kernel on the noisy target latents ``z_t`` (see the module docstring). With
+    ``config.coupling = False`` every particle gets its own weighted score ``w(t) s_i`` only (independent delta
+    score distillation).
 
     Args:
         guidance: the InstructPix2Pix scorer.
@@ -73,9 +92,10 @@ def csd_edit_step(
         max_batch=config.max_batch,
     )
     if config.coupling:
-        grad = csd_gradient(res.scores, res.noisy_targets, bandwidth=config.bandwidth, repulsion=config.repulsion)
+        mixed = csd_gradient(res.scores, res.noisy_targets, bandwidth=config.bandwidth, repulsion=config.repulsion)
     else:
-        grad = res.scores
+        mixed = res.scores
+    grad = sds_weight(guidance.alphas_cumprod, res.t).reshape(()) * mixed.float()  # w(t) weights the whole update
     return StepResult(grad=grad.to(target_latents.dtype), scores=res.scores, t=res.t)
 
 

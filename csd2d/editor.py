@@ -52,9 +52,14 @@ class CSDEditor:
         device: Union[str, torch.device] = "cpu",
         torch_dtype: torch.dtype = torch.float32,
         arg_name: str = "model",
+        consistency_decoder: Optional[Union[str, os.PathLike]] = None,
+        consistency_decoder_arg: str = "consistency_decoder",
     ) -> "CSDEditor":
-        """Load an InstructPix2Pix model (hub id or local directory, safetensors only)."""
-        return cls(IP2PGuidance.from_pretrained(model, device=device, torch_dtype=torch_dtype, arg_name=arg_name))
+        """Load an InstructPix2Pix model (hub id or local directory, safetensors only); ``consistency_decoder``
+        (e.g. ``openai/consistency-decoder``) decodes the edits instead of the VAE."""
+        return cls(IP2PGuidance.from_pretrained(model, device=device, torch_dtype=torch_dtype, arg_name=arg_name,
+                                                consistency_decoder=consistency_decoder,
+                                                consistency_decoder_arg=consistency_decoder_arg))
 
     def edit_panorama(
         self,

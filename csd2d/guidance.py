@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from jaxtyping import Float
@@ -21,6 +21,7 @@ from .views import tiled_apply
 __all__ = [
     "IP2PGuidance",
     "ModelLoadError",
+    "load_consistency_decoder",
     "ip2p_guidance",
     "sds_weight",
     "to_minus_one_one",
@@ -77,11 +78,43 @@ class EditScores:
     """Result of :meth:`IP2PGuidance.edit_scores`."""
 
     scores: Tensor
-    """``w(t) · (ε̂_target − ε̂_source)`` per particle."""
+    """``ε̂_target − ε̂_source`` per particle, unweighted (the CSD-Edit step applies ``w(t)`` to its whole update)."""
     noisy_targets: Tensor
     """The noised target latents ``z_t`` (the points the CSD kernel is evaluated on)."""
     t: Tensor
     """The timestep used (shared by all particles)."""
+
+
+def load_consistency_decoder(
+    source: Union[str, os.PathLike], *, torch_dtype: torch.dtype = torch.float32, arg_name: str = "consistency_decoder"
+):
+    """Load a diffusers ``ConsistencyDecoderVAE`` (OpenAI's consistency decoder, ``openai/consistency-decoder``;
+    the official CSD code's ``--consistency_decoder``) from a hub id or a local directory, safetensors only."""
+    from diffusers import ConsistencyDecoderVAE
+
+    name = str(source).strip()
+    if not name:
+        raise ModelLoadError(f"{arg_name}: expected a hub id or a local directory, got an empty string")
+    try:
+        return ConsistencyDecoderVAE.from_pretrained(name, torch_dtype=torch_dtype, use_safetensors=True)
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise ModelLoadError(
+            f"{arg_name}: expected a ConsistencyDecoderVAE with safetensors weights (a hub id like "
+            f"'openai/consistency-decoder' or a local directory), got {name!r}: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
+
+
+def _check_decoder(decoder, vae, arg_name: str):
+    """The consistency decoder must read the VAE's latents: same channels and the same upsampling factor."""
+    factor = 2 ** (len(decoder.config.encoder_block_out_channels) - 1)
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if decoder.config.latent_channels != vae.config.latent_channels or factor != vae_factor:
+        raise ModelLoadError(
+            f"{arg_name}: expected a decoder for the model's VAE ({vae.config.latent_channels} latent channels, "
+            f"{vae_factor}× upsampling), got {decoder.config.latent_channels} channels and {factor}× upsampling"
+        )
+    return decoder
 
 
 class IP2PGuidance:
@@ -94,9 +127,11 @@ class IP2PGuidance:
         tokenizer: the matching tokenizer.
         scheduler: any diffusers scheduler with ``alphas_cumprod`` and ``add_noise`` (a DDPM scheduler is built
             from the config by :meth:`from_pretrained`).
+        decoder: optional ``ConsistencyDecoderVAE`` that replaces the VAE's decoder in :meth:`decode_latents`
+            (decode only; encoding keeps ``vae``). See :func:`load_consistency_decoder`.
     """
 
-    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler) -> None:
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, decoder=None) -> None:
         latent_channels = vae.config.latent_channels
         if unet.config.in_channels != 2 * latent_channels:
             raise ValueError(
@@ -110,6 +145,7 @@ class IP2PGuidance:
         self.scheduler = scheduler
         self.alphas_cumprod = scheduler.alphas_cumprod.float()
         self._text_cache: dict = {}
+        self.decoder = None if decoder is None else _check_decoder(decoder, vae, "decoder").eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -120,6 +156,8 @@ class IP2PGuidance:
         device: Union[str, torch.device] = "cpu",
         torch_dtype: torch.dtype = torch.float32,
         arg_name: str = "model",
+        consistency_decoder: Optional[Union[str, os.PathLike]] = None,
+        consistency_decoder_arg: str = "consistency_decoder",
     ) -> "IP2PGuidance":
         """Load an InstructPix2Pix model from a hub id or a local diffusers directory (safetensors only).
 
@@ -129,6 +167,8 @@ class IP2PGuidance:
             device: where to put the models.
             torch_dtype: weights dtype (``torch.float16`` halves GPU memory).
             arg_name: the name of the user-facing argument, used in error messages (e.g. ``--model``).
+            consistency_decoder: optional ``ConsistencyDecoderVAE`` (hub id such as ``openai/consistency-decoder``
+                or a local directory) that decodes instead of the VAE; ``consistency_decoder_arg`` names it in errors.
         """
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -168,13 +208,18 @@ class IP2PGuidance:
                 f"(a hub id like {DEFAULT_MODEL!r} or a local directory), got {str(model)!r}{hint}: "
                 f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             ) from err
-        guidance = cls(unet, vae, text_encoder, tokenizer, scheduler)
+        decoder = None
+        if consistency_decoder is not None:
+            decoder = load_consistency_decoder(consistency_decoder, torch_dtype=torch_dtype, arg_name=consistency_decoder_arg)
+            _check_decoder(decoder, vae, consistency_decoder_arg)
+        guidance = cls(unet, vae, text_encoder, tokenizer, scheduler, decoder=decoder)
         return guidance.to(device)
 
     def to(self, device: Union[str, torch.device]) -> "IP2PGuidance":
         """Move the models to ``device`` (in place) and return ``self``."""
-        for module in (self.unet, self.vae, self.text_encoder):
-            module.to(device)
+        for module in (self.unet, self.vae, self.text_encoder, self.decoder):
+            if module is not None:
+                module.to(device)
         self._text_cache.clear()
         return self
 
@@ -248,12 +293,24 @@ class IP2PGuidance:
         tile: Optional[int] = None,
         overlap: int = 0,
     ) -> Tensor:
-        """Decode scaled latents to images in [0, 1] (fp32). ``tile``/``overlap`` are in output pixels."""
-        sf = self.vae.config.scaling_factor
-        z = latents.to(self.device, self.dtype) / sf
+        """Decode scaled latents to images in [0, 1] (fp32). ``tile``/``overlap`` are in output pixels.
 
-        def decode(b: Tensor) -> Tensor:
-            return to_zero_one(self.vae.decode(b).sample.float())
+        With a consistency decoder (``self.decoder``) it decodes instead of the VAE, in its default two steps
+        and with its noise seeded 0 on every call, so the same latents give the same images.
+        """
+        if self.decoder is None:
+            z = latents.to(self.device, self.dtype) / self.vae.config.scaling_factor
+
+            def decode(b: Tensor) -> Tensor:
+                return to_zero_one(self.vae.decode(b).sample.float())
+
+        else:
+            # ConsistencyDecoderVAE.decode takes unscaled latents and multiplies by its own scaling factor.
+            z = latents.to(self.device, self.dtype) / self.decoder.config.scaling_factor
+            gen = torch.Generator(self.device).manual_seed(0)
+
+            def decode(b: Tensor) -> Tensor:
+                return to_zero_one(self.decoder.decode(b, generator=gen).sample.float())
 
         if tile:
             f = self.vae_scale_factor
@@ -323,7 +380,8 @@ class IP2PGuidance:
         t: Optional[Tensor] = None,
         max_batch: Optional[int] = None,
     ) -> EditScores:
-        """CSD-Edit scores ``w(t) (ε̂(z_t^tgt; c_T, src) − ε̂(z_t^src; c_S, src))`` (Kim et al. 2023, eq. 8).
+        """CSD-Edit scores ``ε̂(z_t^tgt; c_T, src) − ε̂(z_t^src; c_S, src)`` (Kim et al. 2023, eq. 8), unweighted:
+        :func:`csd2d.csd.csd_edit_step` multiplies its whole update by ``w(t)``.
 
         Target and source latents are noised with the *same* noise and timestep; both branches are
         conditioned on the source image and batched into the same UNet calls. One timestep is shared by
@@ -362,5 +420,4 @@ class IP2PGuidance:
             max_batch,
         )
         eps_target, eps_source = eps.chunk(2)
-        w = sds_weight(self.alphas_cumprod, t)
-        return EditScores(scores=w * (eps_target - eps_source), noisy_targets=noisy_t, t=t)
+        return EditScores(scores=eps_target - eps_source, noisy_targets=noisy_t, t=t)

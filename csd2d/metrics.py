@@ -14,6 +14,8 @@ from typing import Dict, Sequence
 import torch
 from torch import Tensor
 
+from .paper_metrics import (clip_direction_consistency_appendix, clip_direction_consistency_issue28,
+                            clip_directional_similarity, clip_image_consistency, evaluate_frames, lpips_consecutive)
 from .views import window_positions
 
 __all__ = [
@@ -23,6 +25,13 @@ __all__ = [
     "window_edit_spread",
     "colour_map_spread",
     "temporal_inconsistency",
+    # the paper's CLIP and LPIPS metrics (csd2d.paper_metrics; models load only when asked for)
+    "clip_directional_similarity",
+    "clip_image_consistency",
+    "clip_direction_consistency_appendix",
+    "clip_direction_consistency_issue28",
+    "lpips_consecutive",
+    "evaluate_frames",
 ]
 
 
