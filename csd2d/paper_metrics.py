@@ -168,13 +168,13 @@ class ClipScorer:
                    f"open_clip:{arch}:{pretrained or 'random'}", torch.device(device))
 
     @torch.no_grad()
-    def embed_images(self, images: ImagesLike, batch: int = 16) -> Float[Tensor, "B D"]:
+    def embed_images(self, images: ImagesLike, chunk: int = 16) -> Float[Tensor, "B D"]:
         """L2-normalised image embeddings; images in [0, 1], resized (bicubic) and normalised as IN2N does."""
         x = _as_tensor(images, "images")
         mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
         out = []
-        for chunk in x.split(batch):
+        for chunk in x.split(chunk):
             chunk = F.interpolate(chunk, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
             out.append(self._encode_image(((chunk - mean) / std).to(self.device)).float().cpu())
         return F.normalize(torch.cat(out), dim=-1)
@@ -291,11 +291,11 @@ class LPIPS(torch.nn.Module):
 
 
 @torch.no_grad()
-def lpips_consecutive(lpips: LPIPS, edited: ImagesLike, batch: int = 8) -> Float[Tensor, "T-1"]:
+def lpips_consecutive(lpips: LPIPS, edited: ImagesLike, chunk: int = 8) -> Float[Tensor, "T-1"]:
     """``LPIPS(e_i, e_{i+1})`` between consecutive edited frames (the paper's Table 1)."""
     x = _as_tensor(edited, "edited")
     _pairs(x.shape[0], "LPIPS between consecutive frames")
-    return torch.cat([lpips(a, b) for a, b in zip(x[:-1].split(batch), x[1:].split(batch))])
+    return torch.cat([lpips(a, b) for a, b in zip(x[:-1].split(chunk), x[1:].split(chunk))])
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
