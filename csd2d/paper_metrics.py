@@ -174,9 +174,9 @@ class ClipScorer:
         mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
         out = []
-        for chunk in x.split(chunk):
-            chunk = F.interpolate(chunk, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
-            out.append(self._encode_image(((chunk - mean) / std).to(self.device)).float().cpu())
+        for part in x.split(chunk):
+            part = F.interpolate(part, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
+            out.append(self._encode_image(((part - mean) / std).to(self.device)).float().cpu())
         return F.normalize(torch.cat(out), dim=-1)
 
     @torch.no_grad()

@@ -91,7 +91,7 @@ def test_identical_source_and_edit_give_exactly_zero(clip):
 
 def test_batch_invariance(clip):
     src, edt = _frames(n=5, seed=2), _frames(n=5, seed=3)
-    assert torch.allclose(clip.embed_images(edt, batch=1), clip.embed_images(edt, batch=16), atol=1e-5)
+    assert torch.allclose(clip.embed_images(edt, chunk=1), clip.embed_images(edt, chunk=16), atol=1e-5)
     full = evaluate_frames(src, edt, clip=clip, source_caption=SRC, target_caption=TGT)
     head = evaluate_frames(src[:3], edt[:3], clip=clip, source_caption=SRC, target_caption=TGT)
     for name, values in head["per_frame"].items():
@@ -126,7 +126,7 @@ def test_lpips_from_file_random_weights(lpips_file):
     assert torch.allclose(torch.cat([net(x[i : i + 1], y[i : i + 1]) for i in range(4)]), d, atol=1e-6)
     # closer frames are closer under any non-negative weights
     assert (net(x, (x + 0.02 * (y - x))) < d).all()
-    seq = lpips_consecutive(net, x, batch=2)
+    seq = lpips_consecutive(net, x, chunk=2)
     assert torch.allclose(seq, net(x[:-1], x[1:]), atol=1e-6)
 
 
