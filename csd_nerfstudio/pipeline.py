@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Tuple, Type
@@ -216,6 +217,18 @@ class CSDPipeline(VanillaPipeline):
         self.viewer_views = ViewerNumber("Views (N)", config.num_views, cb_hook=self._on_setting)
         self.viewer_mode = ViewerDropdown("Mode", config.mode, ["dataset", "distill"], cb_hook=self._on_setting)
         self.viewer_pause = ViewerCheckbox("Pause editing", False, cb_hook=self._on_setting)
+        self.last_update_seconds: Optional[float] = None
+        self.viewer_status = ViewerText("CSD status", self.status_text(), disabled=True,
+                                        hint="Read-only: current prompt, updates done, last update's wall time")
+
+    def status_text(self) -> str:
+        """One line for the viewer's read-only "CSD status" element."""
+        last = "-" if self.last_update_seconds is None else f"{self.last_update_seconds:.2f} s"
+        return f"prompt: {self.config.prompt} | updates: {len(self.edited_views)} | last update: {last}"
+
+    def _refresh_status(self) -> None:
+        if hasattr(self, "viewer_status"):
+            self.viewer_status.value = self.status_text()
 
     # ------------------------------------------------------------------ viewer callbacks
     def _on_prompt(self, element) -> None:
@@ -235,17 +248,24 @@ class CSDPipeline(VanillaPipeline):
             return
         self.config.prompt = prompt
         self.text_emb = self.guidance.encode_prompt([prompt])
+        self._refresh_status()
 
     # ------------------------------------------------------------------ training
     def get_train_loss_dict(self, step: int):
         due = self.guidance is not None and not self.paused and step % self.config.edit_rate == 0
         if due and self.config.mode == "dataset":
+            start = time.perf_counter()
             self._dataset_update(step)
+            self.last_update_seconds = time.perf_counter() - start
+            self._refresh_status()
         model_outputs, loss_dict, metrics_dict = super().get_train_loss_dict(step)
         if "rgb_loss" in loss_dict:
             loss_dict["rgb_loss"] = loss_dict["rgb_loss"] * self.config.photometric_loss_mult
         if due and self.config.mode == "distill":
+            start = time.perf_counter()
             loss_dict["csd_loss"] = self._distill_loss()
+            self.last_update_seconds = time.perf_counter() - start
+            self._refresh_status()
         return model_outputs, loss_dict, metrics_dict
 
     def _generator(self, update: int) -> torch.Generator:

@@ -196,6 +196,20 @@ def test_viewer_controls_update_the_pipeline(sphere_scene, tiny_model_dir, tmp_p
     assert pipeline.edited_views == []  # paused
 
 
+def test_viewer_status_shows_prompt_updates_and_time(sphere_scene, tiny_model_dir, tmp_path):
+    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path))
+    status = pipeline.viewer_status
+    assert status.name == "CSD status" and status.disabled
+    assert "updates: 0" in status.value and "last update: -" in status.value
+    pipeline.viewer_prompt.value = "make it blue"
+    pipeline.viewer_prompt.cb_hook(pipeline.viewer_prompt)
+    assert "prompt: make it blue |" in status.value
+    pipeline.get_train_loss_dict(step=0)
+    assert "updates: 1" in status.value
+    seconds = float(status.value.split("last update: ")[1].split(" s")[0])
+    assert seconds == round(pipeline.last_update_seconds, 2) and seconds > 0
+
+
 def test_training_never_binds_all_interfaces(sphere_scene, tiny_model_dir, tmp_path, monkeypatch):
     bound = []
     real_bind = socket.socket.bind
