@@ -33,8 +33,9 @@ def face_scene(tmp_path_factory):
     return write_downscaled_scene(shared_data("face"), tmp_path_factory.mktemp("face"), max_side=48, every=4)
 
 
-def fast_config(scene, model_dir, out_dir, mode="dataset", iterations=4, **pipeline):
-    """csd-edit-small shrunk for CPU tests: few rays and samples, 32 px renders, 2 CSD steps per update."""
+def fast_config(scene, model_dir, out_dir, mode="dataset", iterations=4, edit=None, **pipeline):
+    """csd-edit-small shrunk for CPU tests: few rays and samples, 24 px renders, 3 views, 2 CSD steps per update,
+    no pretraining; ``edit`` overrides fields of ``pipeline.edit``."""
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
     base = csd_edit_small.config
@@ -46,8 +47,9 @@ def fast_config(scene, model_dir, out_dir, mode="dataset", iterations=4, **pipel
         base.pipeline.model, eval_num_rays_per_chunk=1024, num_proposal_samples_per_ray=(16, 8),
         num_nerf_samples_per_ray=8, camera_optimizer=dataclasses.replace(base.pipeline.model.camera_optimizer),
     )
-    settings = dict(diffusion_model=str(model_dir), diffusion_dtype="float32", mode=mode, edit_rate=2, num_views=3,
-                    edit_steps=2, render_max_side=24, guidance_scale=7.5)
+    settings = dict(diffusion_model=str(model_dir), diffusion_dtype="float32", mode=mode, edit_rate=2,
+                    render_max_side=24, pretrain_steps=0,
+                    edit=dataclasses.replace(base.pipeline.edit, **{"batch": 3, "steps": 2, **(edit or {})}))
     settings.update(pipeline)
     return dataclasses.replace(
         base, output_dir=Path(out_dir), vis="tensorboard", max_num_iterations=iterations, mixed_precision=False,
@@ -93,12 +95,15 @@ def test_ns_train_help_lists_the_options():
     out = subprocess.run([str(BIN / "ns-train"), "csd-edit", "--help"], capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, COLUMNS="200"))
     assert out.returncode == 0, out.stderr[-2000:]
-    for flag in ["--pipeline.prompt", "--pipeline.guidance-scale", "--pipeline.image-guidance-scale",
-                 "--pipeline.diffusion-model", "--pipeline.diffusion-device", "--pipeline.num-views",
-                 "--pipeline.edit-rate", "--pipeline.mode", "--pipeline.t-min", "--pipeline.t-max",
-                 "--pipeline.kernel", "--pipeline.max-batch", "--pipeline.distill-loss-mult"]:
+    for flag in ["--pipeline.prompt", "--pipeline.edit.guidance-scale", "--pipeline.edit.image-guidance-scale",
+                 "--pipeline.diffusion-model", "--pipeline.diffusion-device", "--pipeline.edit.batch",
+                 "--pipeline.edit-rate", "--pipeline.mode", "--pipeline.edit.t-min", "--pipeline.edit.t-max",
+                 "--pipeline.edit.coupling", "--pipeline.edit.max-batch", "--pipeline.distill-loss-mult",
+                 "--pipeline.update", "--pipeline.pretrain-steps", "--pipeline.patch-size"]:
         assert flag in out.stdout, flag
-    assert "neighbouring" not in out.stdout or "nearest cameras" in out.stdout
+    for renamed in ["--pipeline.num-views", "--pipeline.kernel ", "--pipeline.edit-steps", "--pipeline.t-max"]:
+        assert renamed not in out.stdout, renamed  # one name per setting: csd2d's, under --pipeline.edit
+    assert "nearest cameras" in out.stdout  # view-selection's help text
 
 
 def test_prompts_with_braces_and_quotes_parse():
@@ -132,7 +137,7 @@ def test_start_offline_without_lpips_download_and_missing_model_is_named(sphere_
 
 
 def test_dataset_update_changes_exactly_the_chosen_views(sphere_scene, tiny_model_dir, tmp_path):
-    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, num_views=3))
+    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, edit={"batch": 3}))
     before = [pipeline.images.get(i).clone() for i in range(len(pipeline.images))]
     pipeline.get_train_loss_dict(step=0)
     (chosen,) = pipeline.edited_views
@@ -146,7 +151,7 @@ def test_dataset_update_changes_exactly_the_chosen_views(sphere_scene, tiny_mode
 
 
 def test_distill_gradient_reaches_the_field(sphere_scene, tiny_model_dir, tmp_path):
-    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, mode="distill", num_views=2))
+    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, mode="distill", edit={"batch": 2}))
     _, losses, _ = pipeline.get_train_loss_dict(step=0)
     assert "csd_loss" in losses and torch.isfinite(losses["csd_loss"])
     pipeline.model.zero_grad(set_to_none=True)
@@ -191,7 +196,8 @@ def test_viewer_controls_update_the_pipeline(sphere_scene, tiny_model_dir, tmp_p
         element.value = value
         element.cb_hook(element)
     c = pipeline.config
-    assert (c.guidance_scale, c.image_guidance_scale, c.num_views, c.mode, pipeline.paused) == (3.0, 2.0, 2, "distill", True)
+    e = c.edit
+    assert (e.guidance_scale, e.image_guidance_scale, e.batch, c.mode, pipeline.paused) == (3.0, 2.0, 2, "distill", True)
     pipeline.get_train_loss_dict(step=0)
     assert pipeline.edited_views == []  # paused
 
@@ -225,7 +231,7 @@ def test_training_never_binds_all_interfaces(sphere_scene, tiny_model_dir, tmp_p
 
 @pytest.mark.parametrize("mode", ["dataset", "distill"])
 def test_face_scene_trains_in_both_modes(face_scene, tiny_model_dir, tmp_path, mode):
-    run = train(fast_config(face_scene, tiny_model_dir, tmp_path, mode=mode, iterations=3, num_views=2))
+    run = train(fast_config(face_scene, tiny_model_dir, tmp_path, mode=mode, iterations=3, edit={"batch": 2}))
     ckpts = sorted((run / "nerfstudio_models").glob("step-*.ckpt"))
     assert ckpts
     state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
