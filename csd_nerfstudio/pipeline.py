@@ -49,11 +49,10 @@ class SceneEditConfig(EditConfig):
 
     image_guidance_scale: float = 1.5
     """Image classifier-free guidance scale s_I: Instruct-NeRF2NeRF's default (its official code)."""
-    t_min: int = 20
-    """Smallest diffusion timestep: 0.02·T with T = 1000, Instruct-NeRF2NeRF's lower bound (official code)."""
     t_max: int = 980
-    """Largest diffusion timestep: 0.98·T with T = 1000, Instruct-NeRF2NeRF's upper bound (official code); the
-    csd update samples its SDS timesteps here, the in2n update its noise level."""
+    """Largest diffusion timestep: 0.98·T with T = 1000, Instruct-NeRF2NeRF's upper bound (official code; csd2d's
+    t_min 20 is its lower bound 0.02·T). The csd update samples its SDS timesteps in [t_min, t_max], the in2n
+    update its noise level."""
     steps: int = 20
     """csd update: CSD-Edit SGD steps per dataset update (our choice: the number of DDIM steps of one IN2N
     edit, so both updates cost about the same UNet evaluations per view)."""
