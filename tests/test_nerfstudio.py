@@ -13,7 +13,12 @@ import torch
 
 from conftest import shared_data
 
-pytest.importorskip("nerfstudio")
+try:  # nerfstudio is the optional "nerfstudio" extra: skip without it, except in CI, where it must be installed
+    import nerfstudio  # noqa: F401
+except ImportError:
+    if os.environ.get("CI", "").lower() == "true":
+        raise
+    pytest.skip("nerfstudio is not installed (pip install 'csd-edit[nerfstudio]')", allow_module_level=True)
 
 from csd_nerfstudio.config import csd_edit, csd_edit_small, csd_edit_splat  # noqa: E402
 from csd_nerfstudio.pipeline import CSDPipeline, neighbouring_views  # noqa: E402
@@ -152,13 +157,14 @@ def test_dataset_update_changes_exactly_the_chosen_views(sphere_scene, tiny_mode
 
 def test_distill_gradient_reaches_the_field(sphere_scene, tiny_model_dir, tmp_path):
     pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, mode="distill", edit={"batch": 2}))
+    before = [pipeline.images.get(i).clone() for i in range(len(pipeline.images))]
     _, losses, _ = pipeline.get_train_loss_dict(step=0)
+    assert len(pipeline.edited_views) == 1
     assert "csd_loss" in losses and torch.isfinite(losses["csd_loss"])
     pipeline.model.zero_grad(set_to_none=True)
     losses["csd_loss"].backward()
     grads = [p.grad for p in pipeline.model.field.parameters() if p.grad is not None]
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
-    before = [pipeline.images.get(i).clone() for i in range(len(pipeline.images))]
     assert all(torch.equal(pipeline.images.get(i), b) for i, b in enumerate(before))  # distill leaves data alone
 
 
@@ -216,6 +222,7 @@ def test_viewer_status_shows_prompt_updates_and_time(sphere_scene, tiny_model_di
     assert seconds == round(pipeline.last_update_seconds, 2) and seconds > 0
 
 
+@pytest.mark.slow
 def test_training_never_binds_all_interfaces(sphere_scene, tiny_model_dir, tmp_path, monkeypatch):
     bound = []
     real_bind = socket.socket.bind
@@ -229,6 +236,7 @@ def test_training_never_binds_all_interfaces(sphere_scene, tiny_model_dir, tmp_p
     assert not [a for a in bound if isinstance(a, tuple) and a[0] in ("0.0.0.0", "", "::")], bound
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["dataset", "distill"])
 def test_face_scene_trains_in_both_modes(face_scene, tiny_model_dir, tmp_path, mode):
     run = train(fast_config(face_scene, tiny_model_dir, tmp_path, mode=mode, iterations=3, edit={"batch": 2}))
@@ -239,6 +247,7 @@ def test_face_scene_trains_in_both_modes(face_scene, tiny_model_dir, tmp_path, m
     assert weights and all(torch.isfinite(w).all() for w in weights)
 
 
+@pytest.mark.slow
 def test_resume_and_render_from_checkpoint(sphere_scene, tiny_model_dir, tmp_path):
     first = train(fast_config(sphere_scene, tiny_model_dir, tmp_path / "a", iterations=3))
     ckpt_dir = first / "nerfstudio_models"
@@ -287,8 +296,14 @@ def test_splat_variant_trains_on_gpu(sphere_scene, tiny_model_dir, tmp_path):
                               pipeline=dataclasses.replace(base.pipeline, diffusion_model=str(tiny_model_dir),
                                                            datamanager=dataclasses.replace(
                                                                base.pipeline.datamanager, data=sphere_scene,
-                                                               dataparser=cfg.pipeline.datamanager.dataparser)))
-    train(cfg)
+                                                               dataparser=cfg.pipeline.datamanager.dataparser),
+                                                           pretrain_steps=0, edit_rate=2))
+    run = train(cfg)
+    (ckpt,) = sorted((run / "nerfstudio_models").glob("step-*.ckpt"))[-1:]
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["pipeline"]
+    gaussians = [v for k, v in state.items() if k.endswith("gauss_params.means")]
+    assert gaussians and torch.isfinite(gaussians[0]).all()
+    assert int(ckpt.stem.split("-")[1]) == 2  # trained three steps (0, 1, 2), with an update at steps 0 and 2
 
 
 def test_loads_a_nerfacto_checkpoint_with_lpips_weights(sphere_scene, tiny_model_dir, tmp_path):
@@ -304,5 +319,7 @@ def test_loads_a_nerfacto_checkpoint_with_lpips_weights(sphere_scene, tiny_model
     first = next(iter(source.model.field.parameters()))
     assert not torch.equal(first, next(iter(target.model.field.parameters())))
     target.load_pipeline(state, step=0)
-    for (name, a), b in zip(source.model.field.state_dict().items(), target.model.field.state_dict().values()):
-        assert torch.equal(a, b), name
+    loaded, expected = target.model.field.state_dict(), source.model.field.state_dict()
+    assert list(loaded) == list(expected)
+    for name, value in expected.items():
+        assert torch.equal(loaded[name], value), name
