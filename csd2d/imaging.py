@@ -69,3 +69,9 @@ def progress_bar(total: int, enabled: bool, desc: str) -> Iterator:
         yield bar
     finally:
         bar.close()
+
+
+def model_hw(height: int, width: int, multiple: int) -> Tuple[int, int]:
+    """The nearest ``(height, width)`` whose sides are positive multiples of ``multiple`` (the VAE factor);
+    the size rule of :func:`to_model_size`, for tensors."""
+    return max(multiple, round(height / multiple) * multiple), max(multiple, round(width / multiple) * multiple)

@@ -1,38 +1,68 @@
-"""The CSD-Edit pipeline: rendered views → CSD-Edit (csd2d) → scene update.
+"""The CSD-Edit pipeline: rendered views → an edit (csd2d) → scene update.
 
 Two modes:
 
-- ``dataset`` (the CSD authors' recipe, Instruct-NeRF2NeRF's iterative dataset update with CSD): every
-  ``edit_rate`` steps, render ``num_views`` neighbouring training views, edit them *jointly* with CSD-Edit
-  (each conditioned on its original photo), and write the edited images back into the training set.
-- ``distill`` (the paper's equation with θ the scene): render ``num_views`` views with gradients, encode
-  them with the VAE and push the CSD-Edit gradient into the scene through the loss
+- ``dataset`` (Instruct-NeRF2NeRF's iterative dataset update): every ``edit_rate`` steps, render training views,
+  edit them and write the edits back into the training set. ``update csd`` edits ``edit.batch`` views *jointly*
+  with CSD-Edit (the CSD authors' recipe); ``update in2n`` edits one view with IN2N's DDIM edit (the baseline).
+- ``distill`` (the paper's equation with θ the scene): render ``edit.batch`` views (or random patches of them)
+  with gradients, encode them with the VAE and push the CSD-Edit gradient into the scene through the loss
   ``½‖z − sg(z − g)‖²`` (its gradient with respect to the latents ``z`` is ``g``).
 
-When ``diffusion_device`` differs from the scene's device, the diffusion work of the next dataset update runs in
-a background thread while the scene keeps training (the edits land one update later).
+Without ``--load-dir`` the scene is first fitted to the photos for ``pretrain_steps`` steps; no edit touches the
+training set before that. When ``diffusion_device`` differs from the scene's device, the diffusion work of the next
+dataset update runs in a background thread while the scene keeps training (the edits land one update later).
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from csd2d import DEFAULT_MODEL, EditConfig, IP2PGuidance, csd_edit_step, optimize_latents
+from csd2d import DEFAULT_MODEL, EditConfig, IP2PGuidance, csd_edit_step
+from csd2d.imaging import model_hw
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.models.splatfacto import SplatfactoModel
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerDropdown, ViewerNumber, ViewerText
 
-__all__ = ["CSDPipelineConfig", "CSDPipeline", "neighbouring_views", "TrainImages", "EditJob"]
+from .data import TrainImages
+from .updates import EditJob, csd_update, in2n_update
+from .views import neighbouring_views, random_crop, render_view, resize, select_views, view_camera
+
+__all__ = ["SceneEditConfig", "CSDPipelineConfig", "CSDPipeline", "neighbouring_views", "TrainImages", "EditJob"]
+
+
+@dataclass
+class SceneEditConfig(EditConfig):
+    """csd2d's editing settings (``--pipeline.edit.*``) with the defaults of a 3D dataset update. Only the
+    defaults that differ from csd2d's are set here; every other field is csd2d's own."""
+
+    image_guidance_scale: float = 1.5
+    """Image classifier-free guidance scale s_I: Instruct-NeRF2NeRF's default (its official code)."""
+    t_max: int = 980
+    """Largest diffusion timestep: 0.98·T with T = 1000, Instruct-NeRF2NeRF's upper bound (official code; csd2d's
+    t_min 20 is its lower bound 0.02·T). The csd update samples its SDS timesteps in [t_min, t_max], the in2n
+    update its noise level."""
+    steps: int = 20
+    """csd update: CSD-Edit SGD steps per dataset update (our choice: the number of DDIM steps of one IN2N
+    edit, so both updates cost about the same UNet evaluations per view)."""
+    lr: float = 0.5
+    """csd update: SGD learning rate on the latents (csd2d's video setting, our measurement there)."""
+    batch: int = 4
+    """N, views edited together per csd update or distill step (the SVGD particles). Our CPU-sized default;
+    the paper's 3D schedule (16) is the csd-edit-paper method."""
+    vae_tile: int = 0
+    """Tiled VAE tile side in pixels; 0 encodes whole views (renders are at most render-max-side)."""
 
 
 @dataclass
@@ -42,10 +72,21 @@ class CSDPipelineConfig(VanillaPipelineConfig):
     _target: Type = field(default_factory=lambda: CSDPipeline)
     prompt: str = "don't change the image"
     """The editing instruction (InstructPix2Pix style, e.g. "turn him into a clown")."""
-    guidance_scale: float = 7.5
-    """Text (instruction) classifier-free guidance scale."""
-    image_guidance_scale: float = 1.5
-    """Image classifier-free guidance scale (higher keeps closer to the original photo)."""
+    edit: SceneEditConfig = field(default_factory=SceneEditConfig)
+    """csd2d's editing settings: guidance scales, timesteps, kernel coupling, steps, lr, N (batch), seed."""
+    update: Literal["csd", "in2n"] = "csd"
+    """dataset mode: csd edits edit.batch views jointly with CSD-Edit; in2n is Instruct-NeRF2NeRF's update
+    (one view per update, cycling through the dataset, noised and denoised with DDIM; the baseline)."""
+    mode: Literal["dataset", "distill"] = "dataset"
+    """dataset: edit rendered views and write them into the training set (IN2N-style update);
+    distill: backpropagate the CSD-Edit gradient of rendered views into the scene every edit-rate steps."""
+    edit_rate: int = 10
+    """Steps between updates: Instruct-NeRF2NeRF's default edit rate (official code)."""
+    pretrain_steps: int = 30000
+    """Steps that fit the scene to the original photos before any edit (the paper pretrains nerfacto for 30k
+    steps, Appendix D). Ignored with --load-dir: a loaded scene is edited at once."""
+    in2n_ddim_steps: int = 20
+    """in2n update: DDIM denoising steps per edit (Instruct-NeRF2NeRF's default, official code)."""
     diffusion_model: str = DEFAULT_MODEL
     """InstructPix2Pix model: hub id, local directory (diffusers layout, safetensors) or "embedded"."""
     diffusion_device: Optional[str] = None
@@ -54,126 +95,39 @@ class CSDPipelineConfig(VanillaPipelineConfig):
     """Weights dtype of the diffusion model."""
     asynchronous: Optional[bool] = None
     """Run dataset updates in a background thread; None: only when diffusion-device differs from the scene's."""
-    num_views: int = 4
-    """N, the CSD batch: views edited together (the SVGD particles)."""
-    edit_rate: int = 10
-    """Steps between CSD updates."""
-    mode: Literal["dataset", "distill"] = "dataset"
-    """dataset: edit N rendered views and write them into the training set (IN2N-style update with CSD);
-    distill: backpropagate the CSD-Edit gradient of N rendered views into the scene every edit-rate steps."""
-    t_min: int = 20
-    """Smallest diffusion timestep."""
-    t_max: int = 980
-    """Largest diffusion timestep."""
-    kernel: bool = True
-    """Couple the N views through the CSD kernel; False edits each view independently (baseline)."""
-    repulsion: float = 1.0
-    """Weight of the kernel's repulsive term."""
-    max_batch: Optional[int] = None
-    """Largest UNet batch (caps diffusion memory)."""
-    edit_steps: int = 20
-    """dataset mode: CSD-Edit optimisation steps per update."""
-    edit_lr: float = 0.5
-    """dataset mode: learning rate of those steps."""
     render_max_side: int = 512
-    """Views are rendered (and edited) with their long side at most this many pixels."""
+    """Views are rendered (and edited) with their long side at most this many pixels (Stable Diffusion's
+    training resolution)."""
+    patch_size: Optional[int] = None
+    """distill mode: render a random patch of this many pixels square of each view (threestudio-style SDS
+    patches; bounds the memory of rendering with gradients); None renders whole views."""
     distill_loss_mult: float = 1.0
     """distill mode: weight of the CSD term ("csd_loss" in the loss dict)."""
     photometric_loss_mult: float = 1.0
     """Weight of the scene's photometric loss against the (original or edited) training images."""
     view_selection: Literal["neighbours", "random"] = "neighbours"
-    """How the N views are chosen. neighbours: a random anchor camera and its N−1 nearest cameras by position
-    and viewing direction; they look alike, so the kernel couples them strongly, and random anchors cover the
-    scene over time. random: N views drawn uniformly."""
-    seed: int = 0
-    """Seed of view selection and diffusion noise; update k uses seed·1000003 + k, whatever the timing."""
+    """How the csd update's N views are chosen. neighbours: a random anchor camera and its N−1 nearest cameras
+    by position and viewing direction; they look alike, so the kernel couples them strongly, and random anchors
+    cover the scene over time. random: N views drawn uniformly without replacement (the paper's 3D schedule)."""
 
-    def edit_config(self) -> EditConfig:
-        """The csd2d editing knobs these options stand for."""
-        return EditConfig(
-            guidance_scale=self.guidance_scale,
-            image_guidance_scale=self.image_guidance_scale,
-            t_min=self.t_min,
-            t_max=self.t_max,
-            coupling=self.kernel,
-            repulsion=self.repulsion,
-            max_batch=self.max_batch,
-            steps=self.edit_steps,
-            lr=self.edit_lr,
-            batch=self.num_views,
-            seed=self.seed,
-        )
-
-
-def neighbouring_views(c2w: Tensor, n: int, anchor: int) -> List[int]:
-    """``anchor`` and its ``n − 1`` nearest cameras: distance ``‖c_i − c_a‖ / scale + (1 − cos∠(d_i, d_a))``
-    with camera centres ``c``, viewing directions ``d`` (−z of the OpenGL camera) and ``scale`` the median
-    centre distance."""
-    centres = c2w[:, :3, 3].float()
-    dirs = F.normalize(-c2w[:, :3, 2].float(), dim=-1)
-    dist = (centres - centres[anchor]).norm(dim=-1)
-    scale = dist[dist > 0].median() if (dist > 0).any() else torch.tensor(1.0)
-    score = dist / scale + (1 - dirs @ dirs[anchor])
-    score[anchor] = -1.0
-    return score.argsort()[:n].tolist()
-
-
-class TrainImages:
-    """Read and write the training images a datamanager caches (VanillaDataManager or FullImageDatamanager),
-    keeping a copy of the originals for conditioning."""
-
-    def __init__(self, datamanager) -> None:
-        self.dm = datamanager
-        if hasattr(datamanager, "train_image_dataloader"):
-            batch = datamanager.train_image_dataloader.cached_collated_batch
-            if batch is None or not isinstance(batch.get("image"), Tensor):
-                raise ValueError(
-                    "pipeline.datamanager: expected all training images cached in one tensor "
-                    "(train-num-images-to-sample-from -1 and images of one size)"
-                )
-            self._batch = batch
-            self._pos = {int(i): p for p, i in enumerate(batch["image_idx"].tolist())}
-            self.originals = [batch["image"][self._pos[i]].clone() for i in range(len(self._pos))]
-        elif hasattr(datamanager, "cached_train"):
-            self._batch = None
-            self.originals = [d["image"].clone() for d in datamanager.cached_train]
-        else:
-            raise ValueError(f"pipeline.datamanager: cannot edit the images of {type(datamanager).__name__}")
-
-    def __len__(self) -> int:
-        return len(self.originals)
-
-    def get(self, index: int) -> Tensor:
-        """Current training image ``index`` as float ``[H, W, 3]`` in [0, 1]."""
-        img = self._batch["image"][self._pos[index]] if self._batch is not None else self.dm.cached_train[index]["image"]
-        return _to_float(img)
-
-    def original(self, index: int) -> Tensor:
-        return _to_float(self.originals[index])
-
-    def set(self, index: int, image: Tensor) -> None:
-        """Replace training image ``index`` with ``image`` (float ``[H, W, 3]``), in the cache's dtype."""
-        dst = self._batch["image"][self._pos[index]] if self._batch is not None else self.dm.cached_train[index]["image"]
-        value = image[..., : dst.shape[-1]].to(dst.device)
-        if dst.dtype == torch.uint8:
-            value = (value.clamp(0, 1) * 255).round()
-        dst.copy_(value.to(dst.dtype))
-
-
-def _to_float(img: Tensor) -> Tensor:
-    img = img[..., :3]
-    return img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
-
-
-@dataclass
-class EditJob:
-    """Everything a dataset update needs, detached from the scene (so it can run on another thread)."""
-
-    update: int
-    indices: List[int]
-    renders: Tensor  # [N, 3, h, w] in [0, 1]
-    originals: Tensor  # [N, 3, h, w] in [0, 1]
-    sizes: List[Tuple[int, int]]  # full (H, W) of each training image
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValueError(f"prompt: expected a non-empty instruction, got {self.prompt!r}")
+        positive = {"edit_rate": self.edit_rate, "in2n_ddim_steps": self.in2n_ddim_steps,
+                    "render_max_side": self.render_max_side}
+        for name, value in positive.items():
+            if int(value) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if self.pretrain_steps < 0:
+            raise ValueError(f"pretrain_steps: expected a non-negative integer, got {self.pretrain_steps!r}")
+        if self.patch_size is not None and self.patch_size < 1:
+            raise ValueError(f"patch_size: expected a positive integer or None, got {self.patch_size!r}")
+        for name in ("distill_loss_mult", "photometric_loss_mult"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        if self.update == "in2n" and self.mode != "dataset":
+            raise ValueError(f"update: in2n is a dataset update; expected mode 'dataset' with it, got {self.mode!r}")
 
 
 class CSDPipeline(VanillaPipeline):
@@ -189,19 +143,22 @@ class CSDPipeline(VanillaPipeline):
         self._executor: Optional[ThreadPoolExecutor] = None
         self.updates = 0
         self.edited_views: List[List[int]] = []
+        self.edit_start = config.pretrain_steps
+        """First step at which updates run (pretraining before it; 0 once a checkpoint is loaded)."""
         if test_mode != "val":  # ns-render / ns-viewer / eval: the scene only, no diffusion model
             return
-        if config.num_views < 1 or config.edit_rate < 1:
-            raise ValueError(f"pipeline.num-views/edit-rate: expected positive integers, got "
-                             f"{config.num_views}/{config.edit_rate}")
         self.images = TrainImages(self.datamanager)
         self.diffusion_device = torch.device(config.diffusion_device or device)
         self.guidance = IP2PGuidance.from_pretrained(
             config.diffusion_model, device=self.diffusion_device, torch_dtype=getattr(torch, config.diffusion_dtype),
             arg_name="--pipeline.diffusion-model",
         )
+        num = len(self.guidance.alphas_cumprod)
+        if not 0 <= config.edit.t_min <= config.edit.t_max < num:
+            raise ValueError(f"edit.t_max: expected 0 <= edit.t-min <= edit.t-max < {num} (the schedule of "
+                             f"{config.diffusion_model!r}), got t_min={config.edit.t_min}, t_max={config.edit.t_max}")
         self.text_emb = self.guidance.encode_prompt([config.prompt])
-        self.source_emb = self.guidance.encode_prompt([""])
+        self.source_emb = self.guidance.encode_prompt([config.edit.source_prompt])
         asynchronous = config.asynchronous
         if asynchronous is None:
             asynchronous = self.diffusion_device != torch.device(device)
@@ -209,23 +166,44 @@ class CSDPipeline(VanillaPipeline):
         if self.asynchronous:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csd-diffusion")
         self.paused = False
+        self.last_update_seconds: Optional[float] = None
         # Live controls in the viewer's web UI.
         self.viewer_prompt = ViewerText("CSD prompt", config.prompt, cb_hook=self._on_prompt, hint="Edit instruction")
-        self.viewer_guidance = ViewerNumber("Text guidance", config.guidance_scale, cb_hook=self._on_setting)
-        self.viewer_image_guidance = ViewerNumber("Image guidance", config.image_guidance_scale, cb_hook=self._on_setting)
-        self.viewer_views = ViewerNumber("Views (N)", config.num_views, cb_hook=self._on_setting)
+        self.viewer_guidance = ViewerNumber("Text guidance", config.edit.guidance_scale, cb_hook=self._on_setting)
+        self.viewer_image_guidance = ViewerNumber("Image guidance", config.edit.image_guidance_scale,
+                                                  cb_hook=self._on_setting)
+        self.viewer_views = ViewerNumber("Views (N)", config.edit.batch, cb_hook=self._on_setting)
         self.viewer_mode = ViewerDropdown("Mode", config.mode, ["dataset", "distill"], cb_hook=self._on_setting)
         self.viewer_pause = ViewerCheckbox("Pause editing", False, cb_hook=self._on_setting)
+        self.viewer_status = ViewerText("CSD status", self.status_text(), disabled=True,
+                                        hint="Read-only: current prompt, updates done, last update's wall time")
 
-    # ------------------------------------------------------------------ viewer callbacks
+    # ------------------------------------------------------------------ viewer
+    def status_text(self) -> str:
+        """One line for the viewer's read-only "CSD status" element."""
+        last = "-" if self.last_update_seconds is None else f"{self.last_update_seconds:.2f} s"
+        return f"prompt: {self.config.prompt} | updates: {len(self.edited_views)} | last update: {last}"
+
+    def _refresh_status(self) -> None:
+        if hasattr(self, "viewer_status"):
+            self.viewer_status.value = self.status_text()
+
     def _on_prompt(self, element) -> None:
         self.set_prompt(str(element.value))
 
     def _on_setting(self, _element=None) -> None:
-        self.config.guidance_scale = float(self.viewer_guidance.value)
-        self.config.image_guidance_scale = float(self.viewer_image_guidance.value)
-        self.config.num_views = max(1, int(self.viewer_views.value))
-        self.config.mode = self.viewer_mode.value
+        """Write the viewer's values into ``config.edit`` (validated by csd2d; a bad value keeps the old one)."""
+        try:
+            self.config.edit = dataclasses.replace(
+                self.config.edit, guidance_scale=float(self.viewer_guidance.value),
+                image_guidance_scale=float(self.viewer_image_guidance.value),
+                batch=int(self.viewer_views.value))
+        except ValueError as err:
+            CONSOLE.print(f"[bold yellow]CSD settings: {err}; keeping the previous settings")
+        if self.viewer_mode.value == "distill" and self.config.update == "in2n":
+            CONSOLE.print("[bold yellow]CSD mode: the in2n update is a dataset update; keeping mode 'dataset'")
+        else:
+            self.config.mode = self.viewer_mode.value
         self.paused = bool(self.viewer_pause.value)
 
     def set_prompt(self, prompt: str) -> None:
@@ -235,51 +213,72 @@ class CSDPipeline(VanillaPipeline):
             return
         self.config.prompt = prompt
         self.text_emb = self.guidance.encode_prompt([prompt])
+        self._refresh_status()
 
     # ------------------------------------------------------------------ training
+    def load_pipeline(self, loaded_state, step: int) -> None:
+        """Load a checkpoint (``--load-dir``): the scene is fitted already, so editing starts at once."""
+        super().load_pipeline(loaded_state, step)
+        self.edit_start = 0
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes
+                               ) -> List[TrainingCallback]:
+        """nerfstudio's callbacks plus one after training: apply an in-flight asynchronous update and stop the
+        diffusion thread."""
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        return callbacks + [TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN], self._after_train)]
+
+    def _after_train(self, step: int) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Apply a pending asynchronous update and shut the diffusion thread down."""
+        self.finish_pending()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            self.asynchronous = False
+
     def get_train_loss_dict(self, step: int):
-        due = self.guidance is not None and not self.paused and step % self.config.edit_rate == 0
+        due = (self.guidance is not None and not self.paused and step >= self.edit_start
+               and step % self.config.edit_rate == 0)
         if due and self.config.mode == "dataset":
+            start = time.perf_counter()
             self._dataset_update(step)
+            self._timed(start)
         model_outputs, loss_dict, metrics_dict = super().get_train_loss_dict(step)
         if "rgb_loss" in loss_dict:
             loss_dict["rgb_loss"] = loss_dict["rgb_loss"] * self.config.photometric_loss_mult
         if due and self.config.mode == "distill":
+            start = time.perf_counter()
             loss_dict["csd_loss"] = self._distill_loss()
+            self._timed(start)
         return model_outputs, loss_dict, metrics_dict
 
+    def _timed(self, start: float) -> None:
+        self.last_update_seconds = time.perf_counter() - start
+        self._refresh_status()
+
     def _generator(self, update: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + update)
+        return torch.Generator().manual_seed(self.config.edit.seed * 1_000_003 + update)
 
     def select_views(self, update: int) -> List[int]:
-        n = min(self.config.num_views, len(self.images))
-        gen = self._generator(update)
-        if self.config.view_selection == "random":
-            return torch.randperm(len(self.images), generator=gen)[:n].tolist()
-        anchor = int(torch.randint(len(self.images), (1,), generator=gen))
+        """The training views of update ``update``: one view cycling through the dataset (in2n), or
+        ``edit.batch`` views chosen by ``view_selection`` (csd, distill)."""
+        if self.config.update == "in2n" and self.config.mode == "dataset":
+            return [update % len(self.images)]
         c2w = self.datamanager.train_dataset.cameras.camera_to_worlds
-        return neighbouring_views(c2w, n, anchor)
+        return select_views(c2w, self.config.edit.batch, self.config.view_selection, self._generator(update))
 
     def _camera(self, index: int) -> Cameras:
-        cams = self.datamanager.train_dataset.cameras
-        camera = copy.deepcopy(cams[index : index + 1]).to(self.device)
-        side = max(int(camera.width), int(camera.height))
-        if side > self.config.render_max_side:
-            camera.rescale_output_resolution(self.config.render_max_side / side)
-        return camera
+        return view_camera(self.datamanager.train_dataset.cameras, index, self.config.render_max_side, self.device)
 
     def _edit_size(self, camera: Cameras) -> Tuple[int, int]:
-        f = self.guidance.vae_scale_factor
-        h, w = int(camera.height), int(camera.width)
-        return max(f, round(h / f) * f), max(f, round(w / f) * f)
+        return model_hw(int(camera.height), int(camera.width), self.guidance.vae_scale_factor)
 
     def _original(self, index: int, size: Tuple[int, int], device) -> Tensor:
-        """Original photo ``index`` resized to the edit size: ``[1, 3, h, w]``."""
-        return _resize(self.images.original(index).permute(2, 0, 1)[None].to(device), size)
-
-    def _embeddings(self, n: int) -> Tuple[Tensor, Tensor]:
-        """Instruction and source-prompt embeddings for ``n`` particles."""
-        return self.text_emb.float().expand(n, -1, -1), self.source_emb.float().expand(n, -1, -1)
+        """Original photo ``index`` resized to ``size``: ``[1, 3, h, w]``."""
+        return resize(self.images.original(index).permute(2, 0, 1)[None].to(device), size)
 
     @torch.no_grad()
     def make_job(self, update: int) -> EditJob:
@@ -287,33 +286,30 @@ class CSDPipeline(VanillaPipeline):
         indices = self.select_views(update)
         renders, originals, sizes = [], [], []
         self.model.eval()
-        for i in indices:
-            camera = self._camera(i)
-            size = self._edit_size(camera)
-            rgb = self.model.get_outputs_for_camera(camera)["rgb"]
-            renders.append(_resize(rgb.permute(2, 0, 1)[None], size))
-            originals.append(self._original(i, size, rgb.device))
-            sizes.append(tuple(self.images.originals[i].shape[:2]))
-        self.model.train()
+        try:
+            for i in indices:
+                camera = self._camera(i)
+                size = self._edit_size(camera)
+                renders.append(resize(render_view(self.model, camera, i)[None], size))
+                originals.append(self._original(i, size, renders[-1].device))
+                sizes.append(tuple(self.images.originals[i].shape[:2]))
+        finally:
+            self.model.train()
         return EditJob(update, indices, torch.cat(renders).cpu(), torch.cat(originals).cpu(), sizes)
 
     def run_job(self, job: EditJob) -> Tensor:
-        """CSD-Edit the job's renders jointly; returns edited images ``[N, 3, h, w]`` in [0, 1] (CPU).
+        """Edit the job's renders (the configured update); returns edited images ``[N, 3, h, w]`` in [0, 1] (CPU).
 
         A pure function of the job, the options and the update's seed: the same on any thread or device."""
-        g = self.guidance
-        cfg = self.config.edit_config()
-        n = len(job.indices)
-        source = g.encode_images(job.originals.to(g.device), max_batch=cfg.max_batch).float()
-        target = g.encode_images(job.renders.to(g.device), max_batch=cfg.max_batch).float()
-        with torch.no_grad():
-            optimize_latents(g, target, source, *self._embeddings(n), cfg, generator=self._generator(job.update))
-        return g.decode_latents(target, max_batch=cfg.max_batch).cpu()
+        gen = self._generator(job.update)
+        if self.config.update == "in2n":
+            return in2n_update(self.guidance, job, self.config.edit, self.text_emb, gen, self.config.in2n_ddim_steps)
+        return csd_update(self.guidance, job, self.config.edit, self.text_emb, self.source_emb, gen)
 
     def apply_job(self, job: EditJob, edited: Tensor) -> None:
         """Write edited views back into the training set at full resolution."""
         for i, img, (h, w) in zip(job.indices, edited, job.sizes):
-            self.images.set(i, _resize(img[None], (h, w))[0].permute(1, 2, 0))
+            self.images.set(i, resize(img[None], (h, w))[0].permute(1, 2, 0))
         self.edited_views.append(list(job.indices))
 
     def _dataset_update(self, step: int) -> None:
@@ -327,48 +323,42 @@ class CSDPipeline(VanillaPipeline):
         self._pending = self._executor.submit(lambda j=job: (j, self.run_job(j)))
 
     def finish_pending(self) -> None:
-        """Wait for and apply an in-flight asynchronous update (e.g. before saving)."""
+        """Wait for and apply an in-flight asynchronous update."""
         if self._pending is not None:
             self.apply_job(*self._pending.result())
             self._pending = None
 
-    def _render_with_grad(self, camera: Cameras, index: int) -> Tensor:
-        """Render training view ``index`` through ``camera`` (its downscaled copy) with gradients: ``[3, h, w]``."""
-        if isinstance(self.model, SplatfactoModel):  # rasterises whole cameras
-            rgb = self.model.get_outputs(camera)["rgb"]
-            return rgb[0].permute(2, 0, 1) if rgb.ndim == 4 else rgb.permute(2, 0, 1)
-        rays = camera.generate_rays(camera_indices=0, keep_shape=True)
-        rays.camera_indices = torch.full_like(rays.camera_indices, index)
-        h, w = rays.shape
-        rgb = self.model(rays.flatten())["rgb"]
-        return rgb.reshape(h, w, 3).permute(2, 0, 1)
-
     def _distill_loss(self) -> Tensor:
-        """``mult · ½‖z − sg(z − g)‖² / N`` over the latents ``z`` of N views rendered with gradients."""
+        """``mult · ½‖z − sg(z − g)‖² / N`` over the latents ``z`` of N views (or patches) rendered with
+        gradients."""
         g = self.guidance
         update = self.updates
         self.updates += 1
         indices = self.select_views(update)
+        gen = self._generator(update)
         n = len(indices)
         renders, originals = [], []
         for i in indices:
             camera = self._camera(i)
             size = self._edit_size(camera)
-            rgb = self._render_with_grad(camera, i)
-            renders.append(_resize(rgb[None], size))
-            originals.append(self._original(i, size, rgb.device))
+            crop = None
+            if self.config.patch_size is not None:
+                crop = random_crop(int(camera.height), int(camera.width), self.config.patch_size,
+                                   g.vae_scale_factor, gen)
+            rgb = render_view(self.model, camera, i, grad=True, crop=crop)
+            if crop is None:
+                renders.append(resize(rgb[None], size))
+                originals.append(self._original(i, size, rgb.device))
+            else:  # crop sides are VAE multiples already
+                top, left, h, w = crop
+                full = self._original(i, (int(camera.height), int(camera.width)), rgb.device)
+                renders.append(rgb[None])
+                originals.append(full[..., top : top + h, left : left + w])
         latents = g.encode_images(torch.cat(renders).to(g.device), requires_grad=True).float()
         source = g.encode_images(torch.cat(originals).to(g.device)).float()
-        cfg = self.config.edit_config()
-        step = csd_edit_step(g, latents.detach(), source, *self._embeddings(n), cfg,
-                             generator=self._generator(update))
+        n_emb = (self.text_emb.float().expand(n, -1, -1), self.source_emb.float().expand(n, -1, -1))
+        step = csd_edit_step(g, latents.detach(), source, *n_emb, self.config.edit, generator=gen)
         target = (latents - step.grad.float()).detach()
         self.edited_views.append(indices)
         loss = 0.5 * F.mse_loss(latents, target, reduction="sum") / n
         return (self.config.distill_loss_mult * loss).to(self.device)
-
-
-def _resize(images: Tensor, size: Tuple[int, int]) -> Tensor:
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images.float()
-    return F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)

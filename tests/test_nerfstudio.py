@@ -13,7 +13,12 @@ import torch
 
 from conftest import shared_data
 
-pytest.importorskip("nerfstudio")
+try:  # nerfstudio is the optional "nerfstudio" extra: skip without it, except in CI, where it must be installed
+    import nerfstudio  # noqa: F401
+except ImportError:
+    if os.environ.get("CI", "").lower() == "true":
+        raise
+    pytest.skip("nerfstudio is not installed (pip install 'csd-edit[nerfstudio]')", allow_module_level=True)
 
 from csd_nerfstudio.config import csd_edit, csd_edit_small, csd_edit_splat  # noqa: E402
 from csd_nerfstudio.pipeline import CSDPipeline, neighbouring_views  # noqa: E402
@@ -33,8 +38,9 @@ def face_scene(tmp_path_factory):
     return write_downscaled_scene(shared_data("face"), tmp_path_factory.mktemp("face"), max_side=48, every=4)
 
 
-def fast_config(scene, model_dir, out_dir, mode="dataset", iterations=4, **pipeline):
-    """csd-edit-small shrunk for CPU tests: few rays and samples, 32 px renders, 2 CSD steps per update."""
+def fast_config(scene, model_dir, out_dir, mode="dataset", iterations=4, edit=None, **pipeline):
+    """csd-edit-small shrunk for CPU tests: few rays and samples, 24 px renders, 3 views, 2 CSD steps per update,
+    no pretraining; ``edit`` overrides fields of ``pipeline.edit``."""
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
     base = csd_edit_small.config
@@ -46,8 +52,9 @@ def fast_config(scene, model_dir, out_dir, mode="dataset", iterations=4, **pipel
         base.pipeline.model, eval_num_rays_per_chunk=1024, num_proposal_samples_per_ray=(16, 8),
         num_nerf_samples_per_ray=8, camera_optimizer=dataclasses.replace(base.pipeline.model.camera_optimizer),
     )
-    settings = dict(diffusion_model=str(model_dir), diffusion_dtype="float32", mode=mode, edit_rate=2, num_views=3,
-                    edit_steps=2, render_max_side=24, guidance_scale=7.5)
+    settings = dict(diffusion_model=str(model_dir), diffusion_dtype="float32", mode=mode, edit_rate=2,
+                    render_max_side=24, pretrain_steps=0,
+                    edit=dataclasses.replace(base.pipeline.edit, **{"batch": 3, "steps": 2, **(edit or {})}))
     settings.update(pipeline)
     return dataclasses.replace(
         base, output_dir=Path(out_dir), vis="tensorboard", max_num_iterations=iterations, mixed_precision=False,
@@ -93,12 +100,15 @@ def test_ns_train_help_lists_the_options():
     out = subprocess.run([str(BIN / "ns-train"), "csd-edit", "--help"], capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, COLUMNS="200"))
     assert out.returncode == 0, out.stderr[-2000:]
-    for flag in ["--pipeline.prompt", "--pipeline.guidance-scale", "--pipeline.image-guidance-scale",
-                 "--pipeline.diffusion-model", "--pipeline.diffusion-device", "--pipeline.num-views",
-                 "--pipeline.edit-rate", "--pipeline.mode", "--pipeline.t-min", "--pipeline.t-max",
-                 "--pipeline.kernel", "--pipeline.max-batch", "--pipeline.distill-loss-mult"]:
+    for flag in ["--pipeline.prompt", "--pipeline.edit.guidance-scale", "--pipeline.edit.image-guidance-scale",
+                 "--pipeline.diffusion-model", "--pipeline.diffusion-device", "--pipeline.edit.batch",
+                 "--pipeline.edit-rate", "--pipeline.mode", "--pipeline.edit.t-min", "--pipeline.edit.t-max",
+                 "--pipeline.edit.coupling", "--pipeline.edit.max-batch", "--pipeline.distill-loss-mult",
+                 "--pipeline.update", "--pipeline.pretrain-steps", "--pipeline.patch-size"]:
         assert flag in out.stdout, flag
-    assert "neighbouring" not in out.stdout or "nearest cameras" in out.stdout
+    for renamed in ["--pipeline.num-views", "--pipeline.kernel ", "--pipeline.edit-steps", "--pipeline.t-max"]:
+        assert renamed not in out.stdout, renamed  # one name per setting: csd2d's, under --pipeline.edit
+    assert "nearest cameras" in out.stdout  # view-selection's help text
 
 
 def test_prompts_with_braces_and_quotes_parse():
@@ -132,7 +142,7 @@ def test_start_offline_without_lpips_download_and_missing_model_is_named(sphere_
 
 
 def test_dataset_update_changes_exactly_the_chosen_views(sphere_scene, tiny_model_dir, tmp_path):
-    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, num_views=3))
+    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, edit={"batch": 3}))
     before = [pipeline.images.get(i).clone() for i in range(len(pipeline.images))]
     pipeline.get_train_loss_dict(step=0)
     (chosen,) = pipeline.edited_views
@@ -146,14 +156,15 @@ def test_dataset_update_changes_exactly_the_chosen_views(sphere_scene, tiny_mode
 
 
 def test_distill_gradient_reaches_the_field(sphere_scene, tiny_model_dir, tmp_path):
-    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, mode="distill", num_views=2))
+    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, mode="distill", edit={"batch": 2}))
+    before = [pipeline.images.get(i).clone() for i in range(len(pipeline.images))]
     _, losses, _ = pipeline.get_train_loss_dict(step=0)
+    assert len(pipeline.edited_views) == 1
     assert "csd_loss" in losses and torch.isfinite(losses["csd_loss"])
     pipeline.model.zero_grad(set_to_none=True)
     losses["csd_loss"].backward()
     grads = [p.grad for p in pipeline.model.field.parameters() if p.grad is not None]
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
-    before = [pipeline.images.get(i).clone() for i in range(len(pipeline.images))]
     assert all(torch.equal(pipeline.images.get(i), b) for i, b in enumerate(before))  # distill leaves data alone
 
 
@@ -191,11 +202,27 @@ def test_viewer_controls_update_the_pipeline(sphere_scene, tiny_model_dir, tmp_p
         element.value = value
         element.cb_hook(element)
     c = pipeline.config
-    assert (c.guidance_scale, c.image_guidance_scale, c.num_views, c.mode, pipeline.paused) == (3.0, 2.0, 2, "distill", True)
+    e = c.edit
+    assert (e.guidance_scale, e.image_guidance_scale, e.batch, c.mode, pipeline.paused) == (3.0, 2.0, 2, "distill", True)
     pipeline.get_train_loss_dict(step=0)
     assert pipeline.edited_views == []  # paused
 
 
+def test_viewer_status_shows_prompt_updates_and_time(sphere_scene, tiny_model_dir, tmp_path):
+    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path))
+    status = pipeline.viewer_status
+    assert status.name == "CSD status" and status.disabled
+    assert "updates: 0" in status.value and "last update: -" in status.value
+    pipeline.viewer_prompt.value = "make it blue"
+    pipeline.viewer_prompt.cb_hook(pipeline.viewer_prompt)
+    assert "prompt: make it blue |" in status.value
+    pipeline.get_train_loss_dict(step=0)
+    assert "updates: 1" in status.value
+    seconds = float(status.value.split("last update: ")[1].split(" s")[0])
+    assert seconds == round(pipeline.last_update_seconds, 2) and seconds > 0
+
+
+@pytest.mark.slow
 def test_training_never_binds_all_interfaces(sphere_scene, tiny_model_dir, tmp_path, monkeypatch):
     bound = []
     real_bind = socket.socket.bind
@@ -209,9 +236,10 @@ def test_training_never_binds_all_interfaces(sphere_scene, tiny_model_dir, tmp_p
     assert not [a for a in bound if isinstance(a, tuple) and a[0] in ("0.0.0.0", "", "::")], bound
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["dataset", "distill"])
 def test_face_scene_trains_in_both_modes(face_scene, tiny_model_dir, tmp_path, mode):
-    run = train(fast_config(face_scene, tiny_model_dir, tmp_path, mode=mode, iterations=3, num_views=2))
+    run = train(fast_config(face_scene, tiny_model_dir, tmp_path, mode=mode, iterations=3, edit={"batch": 2}))
     ckpts = sorted((run / "nerfstudio_models").glob("step-*.ckpt"))
     assert ckpts
     state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
@@ -219,6 +247,7 @@ def test_face_scene_trains_in_both_modes(face_scene, tiny_model_dir, tmp_path, m
     assert weights and all(torch.isfinite(w).all() for w in weights)
 
 
+@pytest.mark.slow
 def test_resume_and_render_from_checkpoint(sphere_scene, tiny_model_dir, tmp_path):
     first = train(fast_config(sphere_scene, tiny_model_dir, tmp_path / "a", iterations=3))
     ckpt_dir = first / "nerfstudio_models"
@@ -267,8 +296,14 @@ def test_splat_variant_trains_on_gpu(sphere_scene, tiny_model_dir, tmp_path):
                               pipeline=dataclasses.replace(base.pipeline, diffusion_model=str(tiny_model_dir),
                                                            datamanager=dataclasses.replace(
                                                                base.pipeline.datamanager, data=sphere_scene,
-                                                               dataparser=cfg.pipeline.datamanager.dataparser)))
-    train(cfg)
+                                                               dataparser=cfg.pipeline.datamanager.dataparser),
+                                                           pretrain_steps=0, edit_rate=2))
+    run = train(cfg)
+    (ckpt,) = sorted((run / "nerfstudio_models").glob("step-*.ckpt"))[-1:]
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["pipeline"]
+    gaussians = [v for k, v in state.items() if k.endswith("gauss_params.means")]
+    assert gaussians and torch.isfinite(gaussians[0]).all()
+    assert int(ckpt.stem.split("-")[1]) == 2  # trained three steps (0, 1, 2), with an update at steps 0 and 2
 
 
 def test_loads_a_nerfacto_checkpoint_with_lpips_weights(sphere_scene, tiny_model_dir, tmp_path):
@@ -284,5 +319,7 @@ def test_loads_a_nerfacto_checkpoint_with_lpips_weights(sphere_scene, tiny_model
     first = next(iter(source.model.field.parameters()))
     assert not torch.equal(first, next(iter(target.model.field.parameters())))
     target.load_pipeline(state, step=0)
-    for (name, a), b in zip(source.model.field.state_dict().items(), target.model.field.state_dict().values()):
-        assert torch.equal(a, b), name
+    loaded, expected = target.model.field.state_dict(), source.model.field.state_dict()
+    assert list(loaded) == list(expected)
+    for name, value in expected.items():
+        assert torch.equal(loaded[name], value), name

@@ -1,0 +1,197 @@
+"""Speed and memory of the 3D methods on a scene; prints a table and writes JSON.
+
+::
+
+    python -m csd_nerfstudio.benchmark speed --data SCENE --output speed.json
+    python -m csd_nerfstudio.benchmark profile --data SCENE --output profile.json
+    python -m csd_nerfstudio.benchmark distill-memory --data SCENE --patch-size 32 --output mem.json
+
+``speed`` trains each arm for ``--iterations`` steps and reports wall seconds per iteration (setup excluded):
+``no-edits`` (pretraining only), ``csd`` and ``in2n`` (editing from step 0). ``profile`` times the parts of one
+dataset update. ``distill-memory`` reports the peak resident memory of a few distill steps (run it once per
+patch size: the peak is per process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, Iterator, List, Literal, Optional
+
+import torch
+import tyro
+
+__all__ = ["tiny_config", "speed", "profile_update", "distill_memory"]
+
+
+def tiny_config(data: Path, output: Path, iterations: int, **pipeline):
+    """csd-edit-tiny on ``data`` for ``iterations`` steps, no evaluation, one checkpoint at the end."""
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    from .config import csd_edit_tiny
+
+    base = csd_edit_tiny.config
+    dm = dataclasses.replace(base.pipeline.datamanager, data=data,
+                             dataparser=NerfstudioDataParserConfig(data=data))
+    edit = pipeline.pop("edit", {})
+    return dataclasses.replace(
+        base, output_dir=output, vis="tensorboard", max_num_iterations=iterations, steps_per_eval_batch=10**9,
+        steps_per_eval_image=10**9, steps_per_eval_all_images=10**9, steps_per_save=10**9,
+        save_only_latest_checkpoint=True,
+        pipeline=dataclasses.replace(base.pipeline, datamanager=dm,
+                                     edit=dataclasses.replace(base.pipeline.edit, **edit), **pipeline),
+    )
+
+
+def _train_seconds(config) -> float:
+    from nerfstudio.engine.trainer import Trainer
+
+    config.set_timestamp()
+    trainer: Trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
+
+
+ARMS = {"no-edits": dict(pretrain_steps=10**9), "csd": dict(pretrain_steps=0, update="csd"),
+        "in2n": dict(pretrain_steps=0, update="in2n")}
+
+
+def speed(data: Path, iterations: int, arms: List[str]) -> Dict[str, float]:
+    """Seconds per iteration of csd-edit-tiny for each arm."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for arm in arms:
+            cfg = tiny_config(data, Path(tmp) / arm, iterations, **ARMS[arm])
+            out[arm] = _train_seconds(cfg) / iterations
+    return out
+
+
+@contextlib.contextmanager
+def _timed(obj, name: str, totals: Dict[str, float], key: str) -> Iterator[None]:
+    """Accumulate the wall time of ``obj.name(...)`` calls into ``totals[key]``."""
+    original = getattr(obj, name)
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals[key] += time.perf_counter() - start
+
+    setattr(obj, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(obj, name, original)
+
+
+def profile_update(data: Path, update: Literal["csd", "in2n"], repeats: int = 3) -> Dict[str, float]:
+    """Mean seconds of the parts of one dataset update of csd-edit-tiny (after one warm-up update)."""
+    import csd2d.csd as csd_module
+
+    from . import pipeline as pipeline_module
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = tiny_config(data, Path(tmp), 1, pretrain_steps=0, update=update)
+        pipe = cfg.pipeline.setup(device="cpu", test_mode="val")
+        g = pipe.guidance
+        pipe.apply_job(pipe.make_job(0), pipe.run_job(pipe.make_job(0)))  # warm-up
+        totals: Dict[str, float] = defaultdict(float)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_timed(pipeline_module, "render_view", totals, "render"))
+            stack.enter_context(_timed(g.vae, "encode", totals, "vae encode"))
+            stack.enter_context(_timed(g.vae, "decode", totals, "vae decode"))
+            stack.enter_context(_timed(g.unet, "forward", totals, "unet"))
+            stack.enter_context(_timed(csd_module, "csd_gradient", totals, "kernel"))
+            stack.enter_context(_timed(pipe, "apply_job", totals, "write-back"))
+            for k in range(repeats):
+                start = time.perf_counter()
+                pipe._dataset_update(step=k)
+                totals["total"] += time.perf_counter() - start
+        out = {k: v / repeats for k, v in totals.items()}
+        out["other"] = out["total"] - sum(v for k, v in out.items() if k != "total")
+        return out
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def distill_memory(data: Path, patch_size: Optional[int], steps: int, method: str) -> Dict[str, float]:
+    """Peak resident memory (MiB) of this process after ``steps`` distill steps, and the seconds per step."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = tiny_config(data, Path(tmp), 1, pretrain_steps=0, mode="distill", patch_size=patch_size,
+                          edit_rate=1)
+        if method == "csd-edit":  # the full nerfacto of csd-edit (the 8 GB case of the issue)
+            from .config import csd_edit
+
+            full = csd_edit.config.pipeline.model
+            cfg.pipeline.model = dataclasses.replace(full, lpips=False)
+        pipe = cfg.pipeline.setup(device="cpu", test_mode="val")
+        before = _peak_rss_mb()
+        start = time.perf_counter()
+        for step in range(steps):
+            _, losses, _ = pipe.get_train_loss_dict(step)
+            sum(losses.values()).backward()
+            pipe.model.zero_grad(set_to_none=True)
+        seconds = (time.perf_counter() - start) / steps
+        return {"peak_rss_mib": _peak_rss_mb(), "rss_before_steps_mib": before, "seconds_per_step": seconds}
+
+
+@dataclasses.dataclass
+class Args:
+    """Benchmark csd-edit-tiny on a scene (nerfstudio format, e.g. made by csd_nerfstudio.scenes)."""
+
+    task: tyro.conf.Positional[Literal["speed", "profile", "distill-memory"]]
+    data: Path
+    """The scene folder (transforms.json + images)."""
+    output: Optional[Path] = None
+    """Write the results as JSON here."""
+    iterations: int = 100
+    """speed: training steps per arm."""
+    arms: List[str] = dataclasses.field(default_factory=lambda: list(ARMS))
+    """speed: arms to run (no-edits, csd, in2n)."""
+    update: Literal["csd", "in2n"] = "csd"
+    """profile: which dataset update."""
+    patch_size: Optional[int] = None
+    """distill-memory: patch side in pixels (None: whole views)."""
+    steps: int = 3
+    """distill-memory: distill steps."""
+    method: Literal["csd-edit-tiny", "csd-edit"] = "csd-edit-tiny"
+    """distill-memory: whose nerfacto to use."""
+
+
+def main(args: Args) -> Dict:
+    torch.manual_seed(0)
+    if args.task == "speed":
+        result = speed(args.data, args.iterations, args.arms)
+        rows = [f"{arm:10s} {s:8.3f} s/iteration" for arm, s in result.items()]
+    elif args.task == "profile":
+        result = profile_update(args.data, args.update)
+        rows = [f"{part:12s} {s:8.3f} s ({100 * s / result['total']:5.1f} %)" for part, s in result.items()]
+    else:
+        result = distill_memory(args.data, args.patch_size, args.steps, args.method)
+        rows = [f"{k:22s} {v:10.2f}" for k, v in result.items()]
+    result = {"task": args.task, "args": {k: str(v) for k, v in dataclasses.asdict(args).items()},
+              "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "result": result}
+    print("\n".join(rows))
+    if args.output is not None:
+        tmp = args.output.with_name(args.output.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(args.output)
+    return result
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
+    sys.exit(0)

@@ -1,0 +1,75 @@
+"""The two dataset updates, as pure functions of a rendered job (they may run on another thread or device).
+
+- ``csd``: CSD-Edit (Kim et al. 2023) of N views jointly, starting from their renders.
+- ``in2n``: Instruct-NeRF2NeRF's iterative dataset update (Haque et al. 2023): one view's render noised to a
+  random timestep and denoised with DDIM steps of InstructPix2Pix, conditioned on the original photo.
+
+Both score with :class:`csd2d.IP2PGuidance` (one three-way guidance formula).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+from csd2d import EditConfig, IP2PGuidance, optimize_latents
+from csd2d.ddim import ddim_edit
+
+__all__ = ["EditJob", "csd_update", "in2n_update", "in2n_timestep"]
+
+
+@dataclass
+class EditJob:
+    """Everything a dataset update needs, detached from the scene."""
+
+    update: int
+    indices: List[int]
+    renders: Tensor  # [N, 3, h, w] in [0, 1]
+    originals: Tensor  # [N, 3, h, w] in [0, 1]
+    sizes: List[Tuple[int, int]]  # full (H, W) of each training image
+
+
+def _latents(g: IP2PGuidance, job: EditJob, cfg: EditConfig) -> Tuple[Tensor, Tensor]:
+    tile = cfg.vae_tile or None
+    source = g.encode_images(job.originals.to(g.device), max_batch=cfg.max_batch, tile=tile,
+                             overlap=cfg.vae_overlap).float()
+    target = g.encode_images(job.renders.to(g.device), max_batch=cfg.max_batch, tile=tile,
+                             overlap=cfg.vae_overlap).float()
+    return source, target
+
+
+def _decode(g: IP2PGuidance, latents: Tensor, cfg: EditConfig) -> Tensor:
+    return g.decode_latents(latents, max_batch=cfg.max_batch, tile=cfg.vae_tile or None,
+                            overlap=cfg.vae_overlap).cpu()
+
+
+def csd_update(g: IP2PGuidance, job: EditJob, cfg: EditConfig, text_emb: Tensor, source_emb: Tensor,
+               generator: torch.Generator) -> Tensor:
+    """CSD-Edit the job's renders jointly (``cfg.steps`` SGD steps); edited images ``[N, 3, h, w]`` (CPU)."""
+    n = len(job.indices)
+    source, target = _latents(g, job, cfg)
+    with torch.no_grad():
+        optimize_latents(g, target, source, text_emb.float().expand(n, -1, -1),
+                         source_emb.float().expand(n, -1, -1), cfg, generator=generator)
+    return _decode(g, target, cfg)
+
+
+def in2n_timestep(cfg: EditConfig, generator: torch.Generator) -> int:
+    """IN2N's noise level: an integer timestep uniform in ``[t_min, t_max]`` (IN2N: ``[0.02, 0.98]·T``)."""
+    return int(torch.randint(cfg.t_min, cfg.t_max + 1, (1,), generator=generator))
+
+
+def in2n_update(g: IP2PGuidance, job: EditJob, cfg: EditConfig, text_emb: Tensor, generator: torch.Generator,
+                ddim_steps: int) -> Tensor:
+    """IN2N's edit of the job's renders: noise to ``t ~ U[t_min, t_max]``, denoise with ``ddim_steps`` DDIM steps
+    of the three-way guidance conditioned on the original photos; edited images ``[N, 3, h, w]`` (CPU)."""
+    n = len(job.indices)
+    source, target = _latents(g, job, cfg)
+    t = in2n_timestep(cfg, generator)
+    edited = ddim_edit(g, target, source, text_emb.float().expand(n, -1, -1), t_start=t, steps=ddim_steps,
+                       guidance_scale=cfg.guidance_scale, image_guidance_scale=cfg.image_guidance_scale,
+                       generator=generator, max_batch=cfg.max_batch)
+    return _decode(g, edited, cfg)

@@ -1,0 +1,93 @@
+"""Which training views an update edits, and how they are rendered (one render path for every update kind)."""
+
+from __future__ import annotations
+
+import copy
+from typing import List, Literal, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.models.splatfacto import SplatfactoModel
+
+__all__ = ["neighbouring_views", "select_views", "view_camera", "render_view", "random_crop", "resize"]
+
+Crop = Tuple[int, int, int, int]  # top, left, height, width
+
+
+def neighbouring_views(c2w: Tensor, n: int, anchor: int) -> List[int]:
+    """``anchor`` and its ``n − 1`` nearest cameras: distance ``‖c_i − c_a‖ / scale + (1 − cos∠(d_i, d_a))``
+    with camera centres ``c``, viewing directions ``d`` (−z of the OpenGL camera) and ``scale`` the median
+    centre distance."""
+    centres = c2w[:, :3, 3].float()
+    dirs = F.normalize(-c2w[:, :3, 2].float(), dim=-1)
+    dist = (centres - centres[anchor]).norm(dim=-1)
+    scale = dist[dist > 0].median() if (dist > 0).any() else torch.tensor(1.0)
+    score = dist / scale + (1 - dirs @ dirs[anchor])
+    score[anchor] = -1.0
+    return score.argsort()[:n].tolist()
+
+
+def select_views(c2w: Tensor, n: int, how: Literal["neighbours", "random"], generator: torch.Generator) -> List[int]:
+    """``n`` distinct training views: a random anchor and its nearest cameras (``neighbours``), or drawn
+    uniformly without replacement (``random``)."""
+    n = min(n, c2w.shape[0])
+    if how == "random":
+        return torch.randperm(c2w.shape[0], generator=generator)[:n].tolist()
+    anchor = int(torch.randint(c2w.shape[0], (1,), generator=generator))
+    return neighbouring_views(c2w, n, anchor)
+
+
+def view_camera(cameras: Cameras, index: int, max_side: int, device) -> Cameras:
+    """Training camera ``index`` on ``device``, downscaled so that its long side is at most ``max_side``."""
+    camera = copy.deepcopy(cameras[index : index + 1]).to(device)
+    side = max(int(camera.width), int(camera.height))
+    if side > max_side:
+        camera.rescale_output_resolution(max_side / side)
+    return camera
+
+
+def random_crop(height: int, width: int, size: int, multiple: int, generator: torch.Generator) -> Crop:
+    """A ``size × size`` window (clipped to the image, sides rounded down to ``multiple``) at a random place."""
+    h = max(multiple, min(size, height) // multiple * multiple)
+    w = max(multiple, min(size, width) // multiple * multiple)
+    top = int(torch.randint(height - h + 1, (1,), generator=generator))
+    left = int(torch.randint(width - w + 1, (1,), generator=generator))
+    return top, left, h, w
+
+
+def render_view(model, camera: Cameras, index: int, *, grad: bool = False,
+                crop: Optional[Crop] = None) -> Float[Tensor, "3 h w"]:
+    """Render training view ``index`` through ``camera`` (its possibly downscaled copy), with the view's own
+    appearance embedding; ``crop`` renders only that window (ray-based models trace only its rays).
+    ``grad=False`` renders in chunks without a graph (nerfstudio's eval path)."""
+    if isinstance(model, SplatfactoModel):  # rasterises whole cameras
+        with torch.set_grad_enabled(grad):
+            rgb = model.get_outputs(camera)["rgb"]
+        rgb = rgb.reshape(int(camera.height), int(camera.width), 3)
+        if crop is not None:
+            top, left, h, w = crop
+            rgb = rgb[top : top + h, left : left + w]
+        return rgb.permute(2, 0, 1)
+    rays = camera.generate_rays(camera_indices=0, keep_shape=True)
+    rays.camera_indices = torch.full_like(rays.camera_indices, index)
+    if crop is not None:
+        top, left, h, w = crop
+        rays = rays[top : top + h, left : left + w]
+    h, w = rays.shape
+    if grad:
+        rgb = model(rays.flatten())["rgb"]
+    else:
+        with torch.no_grad():
+            rgb = model.get_outputs_for_camera_ray_bundle(rays)["rgb"]
+    return rgb.reshape(h, w, 3).permute(2, 0, 1)
+
+
+def resize(images: Tensor, size: Tuple[int, int]) -> Tensor:
+    """Bilinear (antialiased) resize of ``[B, C, H, W]`` images in [0, 1] to ``size``."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images.float()
+    return F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)

@@ -1,0 +1,231 @@
+"""3D editing: one config tree, pretraining, IN2N's update, the paper's schedule, distill patches, csd-edit-tiny."""
+
+import dataclasses
+import math
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_nerfstudio import REPO, face_scene, fast_config, make_pipeline, sphere_scene  # noqa: F401 (fixtures)
+
+import csd2d.guidance as guidance_module
+from csd2d import EditConfig
+from csd2d.ddim import ddim_step, ddim_timesteps
+from csd_nerfstudio import config as method_module
+from csd_nerfstudio.config import csd_edit, csd_edit_paper, csd_edit_tiny
+from csd_nerfstudio.pipeline import CSDPipelineConfig, SceneEditConfig
+
+
+# ------------------------------------------------------------------------------------------- configuration
+def test_scene_edit_config_overrides_only_defaults_that_differ():
+    """One tree: SceneEditConfig restates no csd2d default, and the pipeline config repeats no csd2d field."""
+    base = {f.name: f.default for f in dataclasses.fields(EditConfig)}
+    own = SceneEditConfig.__dict__["__annotations__"]
+    assert own, "SceneEditConfig sets the 3D defaults"
+    for name in own:
+        assert name in base, name
+        assert getattr(SceneEditConfig(), name) != base[name], f"{name} restates csd2d's default"
+    pipeline_fields = {f.name for f in dataclasses.fields(CSDPipelineConfig)}
+    assert not pipeline_fields & set(base), pipeline_fields & set(base)
+    assert isinstance(csd_edit.config.pipeline.edit, SceneEditConfig)
+
+
+def test_pipeline_config_is_validated_when_built(sphere_scene, tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"^prompt: expected a non-empty instruction, got '  '"):
+        CSDPipelineConfig(prompt="  ")
+    with pytest.raises(ValueError, match=r"^update: in2n is a dataset update"):
+        CSDPipelineConfig(update="in2n", mode="distill")
+    with pytest.raises(ValueError, match=r"^pretrain_steps: expected a non-negative"):
+        CSDPipelineConfig(pretrain_steps=-1)
+    with pytest.raises(ValueError, match=r"^distill_loss_mult: expected a finite"):
+        CSDPipelineConfig(distill_loss_mult=math.nan)
+    # The timestep range is checked against the model's schedule when the model loads, before any step.
+    bad = fast_config(sphere_scene, tiny_model_dir, tmp_path, edit={"t_max": 5000})
+    with pytest.raises(ValueError, match=r"^edit.t_max: expected .* < 1000"):
+        make_pipeline(bad)
+
+
+def test_methods_are_registered_as_entry_points_under_their_names():
+    entry = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["nerfstudio.method_configs"]
+    methods = {name: getattr(method_module, name) for name in method_module.__all__
+               if isinstance(getattr(method_module, name), method_module.DerivedMethod)}
+    assert set(entry.values()) == {f"csd_nerfstudio.config:{name}" for name in methods}
+    for ep_name, target in entry.items():
+        assert methods[target.split(":")[1]].config.method_name == ep_name
+
+
+def test_tiny_variant_is_derived_small_and_offline():
+    tiny, full = csd_edit_tiny.config, csd_edit.config
+    m = tiny.pipeline.model
+    assert (m.num_levels, m.log2_hashmap_size, m.max_res, m.hidden_dim) == (8, 15, 256, 32)
+    assert (tuple(m.num_proposal_samples_per_ray), m.num_nerf_samples_per_ray, m.lpips) == ((32, 16), 16, False)
+    assert tiny.pipeline.datamanager.train_num_rays_per_batch == 512
+    assert tiny.pipeline.diffusion_model == "embedded" and tiny.machine.device_type == "cpu"
+    assert tiny.max_num_iterations > tiny.pipeline.pretrain_steps > 0
+    # Derived: every other setting is csd-edit's.
+    assert tiny.optimizers == full.optimizers and tiny.pipeline.edit == full.pipeline.edit
+    assert m.near_plane == full.pipeline.model.near_plane
+
+
+def test_paper_preset_lists_16_views_and_2000_steps_in_config_yml(face_scene, tiny_model_dir, tmp_path):
+    import yaml
+
+    cfg = csd_edit_paper.config
+    cfg = dataclasses.replace(cfg, output_dir=tmp_path, pipeline=dataclasses.replace(
+        cfg.pipeline, datamanager=dataclasses.replace(cfg.pipeline.datamanager, data=face_scene)))
+    cfg.set_timestamp()
+    cfg.save_config()  # what ns-train writes
+    saved = yaml.load((cfg.get_base_dir() / "config.yml").read_text(), Loader=yaml.Loader)
+    p = saved.pipeline
+    assert (p.edit.batch, p.edit_rate, p.view_selection, p.pretrain_steps) == (16, 2000, "random", 30000)
+    assert saved.max_num_iterations > p.pretrain_steps
+    # It builds, and an update draws 16 distinct views at random (without replacement).
+    small = fast_config(face_scene, tiny_model_dir, tmp_path / "run", edit={"batch": 16, "steps": 1},
+                        view_selection="random", edit_rate=2000)
+    pipeline = make_pipeline(small)
+    n = len(pipeline.images)
+    views = pipeline.select_views(0)
+    assert len(views) == min(16, n) == len(set(views)) and views != sorted(views)
+    pipeline.get_train_loss_dict(step=1)
+    assert pipeline.edited_views == []  # not an edit step
+    pipeline.get_train_loss_dict(step=2000)
+    assert len(pipeline.edited_views) == 1
+
+
+# ------------------------------------------------------------------------------------------- pretraining
+def test_pretraining_leaves_training_images_alone_until_it_ends(sphere_scene, tiny_model_dir, tmp_path):
+    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, pretrain_steps=4, edit_rate=2))
+    originals = [pipeline.images.get(i).clone() for i in range(len(pipeline.images))]
+    for step in range(4):
+        pipeline.get_train_loss_dict(step)
+        assert all(torch.equal(pipeline.images.get(i), o) for i, o in enumerate(originals)), step
+    assert pipeline.edited_views == []
+    pipeline.get_train_loss_dict(4)
+    (chosen,) = pipeline.edited_views
+    assert all(not torch.equal(pipeline.images.get(i), originals[i]) for i in chosen)
+    # A loaded checkpoint (--load-dir) is edited at once.
+    loaded = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path / "l", pretrain_steps=4, edit_rate=2))
+    loaded.load_pipeline(pipeline.state_dict(), step=0)
+    loaded.get_train_loss_dict(0)
+    assert len(loaded.edited_views) == 1
+
+
+# ------------------------------------------------------------------------------------------- IN2N's update
+def test_ddim_step_recovers_the_clean_sample_from_the_true_noise():
+    x0, eps = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    a, a_prev = torch.tensor(0.3), torch.tensor(0.8)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    assert torch.allclose(ddim_step(eps, x_t, a, a_prev), a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps, atol=1e-6)
+    assert torch.allclose(ddim_step(eps, x_t, a, torch.tensor(1.0)), x0, atol=1e-5)
+    assert ddim_timesteps(980, 20).tolist()[:2] == [980, 931] and ddim_timesteps(980, 20)[-1] == 49
+
+
+def _in2n(scene, model_dir, tmp_path, seed=0):
+    return make_pipeline(fast_config(scene, model_dir, tmp_path, update="in2n", in2n_ddim_steps=3,
+                                     edit={"seed": seed}))
+
+
+def test_in2n_changes_one_view_per_update_cycling_through_the_dataset(sphere_scene, tiny_model_dir, tmp_path):
+    pipeline = _in2n(sphere_scene, tiny_model_dir, tmp_path)
+    n = len(pipeline.images)
+    photos = [pipeline.images.original(i).clone() for i in range(n)]
+    for update in range(3):
+        before = [pipeline.images.get(i).clone() for i in range(n)]
+        pipeline.get_train_loss_dict(step=2 * update)
+        changed = [i for i in range(n) if not torch.equal(pipeline.images.get(i), before[i])]
+        assert changed == [update] and pipeline.edited_views[-1] == [update]
+    assert all(torch.equal(pipeline.images.original(i), photos[i]) for i in range(n))  # conditioning kept
+
+
+def test_in2n_uses_the_shared_guidance_formula_and_is_deterministic(sphere_scene, tiny_model_dir, tmp_path,
+                                                                    monkeypatch):
+    calls = {"n": 0}
+    real = guidance_module.ip2p_guidance
+
+    def spy(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(guidance_module, "ip2p_guidance", spy)
+    a = _in2n(sphere_scene, tiny_model_dir, tmp_path / "a")
+    job = a.make_job(0)
+    edited = a.run_job(job)
+    assert calls["n"] == 3  # one guided prediction per DDIM step, through csd2d's one formula
+    calls["n"] = 0
+    csd = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path / "c"))
+    csd.run_job(csd.make_job(0))
+    assert calls["n"] == 2  # CSD-Edit: one per SGD step, the same function
+    # Same seed, same edit (in another pipeline); another seed, another edit.
+    b = _in2n(sphere_scene, tiny_model_dir, tmp_path / "b")
+    assert torch.equal(b.run_job(job), edited)
+    other = _in2n(sphere_scene, tiny_model_dir, tmp_path / "o", seed=1)
+    assert not torch.equal(other.run_job(job), edited)
+    # The result depends on that formula: a different formula gives a different edit.
+    monkeypatch.setattr(guidance_module, "ip2p_guidance", lambda full, image, uncond, s_t, s_i: uncond)
+    assert not torch.equal(a.run_job(job), edited)
+
+
+# ------------------------------------------------------------------------------------------- distill patches
+def test_distill_patches_render_only_the_patch_and_reach_the_field(sphere_scene, tiny_model_dir, tmp_path,
+                                                                   monkeypatch):
+    import csd_nerfstudio.pipeline as pipeline_module
+
+    shapes = []
+    real = pipeline_module.render_view
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        shapes.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(pipeline_module, "render_view", spy)
+    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, mode="distill", patch_size=8,
+                                         edit={"batch": 2}))
+    _, losses, _ = pipeline.get_train_loss_dict(step=0)
+    assert shapes == [(3, 8, 8), (3, 8, 8)]
+    losses["csd_loss"].backward()
+    assert sum(float(p.grad.abs().sum()) for p in pipeline.model.field.parameters() if p.grad is not None) > 0
+
+
+# ------------------------------------------------------------------------------------------- async shutdown
+def test_training_end_applies_the_pending_update_and_stops_the_thread(sphere_scene, tiny_model_dir, tmp_path):
+    from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
+
+    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, asynchronous=True))
+    callbacks = pipeline.get_training_callbacks(TrainingCallbackAttributes(None, None, pipeline, None))
+    pipeline.get_train_loss_dict(step=0)
+    assert pipeline.edited_views == [] and pipeline._pending is not None
+    for callback in callbacks:
+        callback.run_callback_at_location(step=1, location=TrainingCallbackLocation.AFTER_TRAIN)
+    assert len(pipeline.edited_views) == 1 and pipeline._executor is None
+
+
+# ------------------------------------------------------------------------------------------- csd-edit-tiny
+@pytest.mark.slow
+@pytest.mark.parametrize("update", ["csd", "in2n"])
+def test_tiny_trains_and_edits_the_face_scene(face_scene, tmp_path, update):
+    """ns-train's Trainer on csd-edit-tiny (embedded model) with a short pretrain, then edits."""
+    from csd_nerfstudio.benchmark import tiny_config
+
+    cfg = tiny_config(face_scene, tmp_path, iterations=5, pretrain_steps=2, edit_rate=2, update=update,
+                      in2n_ddim_steps=4, edit={"steps": 4, "batch": 2})
+    cfg.pipeline.datamanager.dataparser.eval_mode = "all"
+    cfg.set_timestamp()
+    trainer = cfg.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    trainer.train()
+    pipeline = trainer.pipeline
+    assert len(pipeline.edited_views) == 2  # steps 2 and 4: none during the pretrain (steps 0, 1)
+    if update == "in2n":
+        assert pipeline.edited_views == [[0], [1]]
+    else:
+        assert all(len(set(views)) == 2 for views in pipeline.edited_views)
+    edited = {i for views in pipeline.edited_views for i in views}
+    for i in range(len(pipeline.images)):
+        changed = not torch.equal(pipeline.images.get(i), pipeline.images.original(i))
+        assert changed == (i in edited), i
+    ckpt = sorted((cfg.get_base_dir() / "nerfstudio_models").glob("step-*.ckpt"))[-1]
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["pipeline"]
+    assert all(torch.isfinite(v).all() for k, v in state.items() if "field" in k and v.is_floating_point())
