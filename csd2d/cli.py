@@ -190,10 +190,10 @@ def _preview(before: List, after: List, path: Path) -> Path:
     """A before (top) / after (bottom) strip of up to 3 images, written atomically."""
     from PIL import Image
 
-    from .io import save_image
+    from .io import save_image, split_alpha
 
     picks = sorted({0, len(before) // 2, len(before) - 1})
-    cells = [(before[i].convert("RGB"), after[i].convert("RGB")) for i in picks]
+    cells = [(split_alpha(before[i])[0], split_alpha(after[i])[0]) for i in picks]
     width = sum(b.width for b, _ in cells)
     height = max(b.height for b, _ in cells)
     sheet = Image.new("RGB", (width, 2 * height), "white")
@@ -248,7 +248,7 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
                           allow_foreign=args.overwrite_foreign_folder)
         print(report_markdown(report))
         return args.output
-    if isinstance(args, VideoArgs) and args.overwrite_foreign_folder:
+    if isinstance(args, VideoArgs) and args.overwrite_foreign_folder and args.output.suffix == "":
         args = dataclasses.replace(args, overwrite=True)
     image = _check_outputs(args)
     if isinstance(args, VideoArgs):

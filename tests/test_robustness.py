@@ -120,6 +120,23 @@ def test_folder_is_replaced_by_rename_and_a_failed_write_keeps_the_old_one(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing left beside it
 
 
+def test_a_failed_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    save_video(synthetic_video(3), out, fps=10.0)
+    old = _sha1s(out)
+    replace = os.replace
+
+    def failing_replace(src, dst):  # the new folder cannot be renamed in (e.g. a full or read-only disk)
+        if Path(src).name.startswith(".csd2d-tmp.") and Path(dst) == out:
+            raise OSError("no space left")
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="no space left"):
+        save_video(synthetic_video(5), out, fps=10.0)
+    assert _sha1s(out) == old and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 def test_stale_temporaries_of_killed_runs_are_cleaned_and_a_swapped_out_output_restored(tmp_path):
     dead, alive = _dead_pid(), os.getppid()
     out = tmp_path / "out"
