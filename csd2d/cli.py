@@ -146,7 +146,8 @@ def parse(argv: Sequence[str]) -> Union[PanoramaArgs, VideoArgs, "DemoArgs"]:
         elif command == "video":
             video = load_preset(preset, VideoConfig)
     spec = Union[
-        Annotated[PanoramaArgs, tyro.conf.subcommand("panorama", default=PanoramaArgs(config=_as(_PanoramaFlags, pano)))],
+        Annotated[PanoramaArgs, tyro.conf.subcommand("panorama",
+                                                     default=PanoramaArgs(config=_as(_PanoramaFlags, pano)))],
         Annotated[VideoArgs, tyro.conf.subcommand("video", default=VideoArgs(config=_as(_VideoFlags, video)))],
         Annotated[DemoArgs, tyro.conf.subcommand("demo", default=DemoArgs())],
     ]
@@ -283,9 +284,11 @@ def _flag_message(err: BaseException) -> str:
     field_name = getattr(err, "field", None)
     if field_name is None:
         head = msg.split(":", 1)[0]
-        field_name = head if head in _config_fields() else None
-    if field_name and msg.startswith(f"{field_name}:"):
-        msg = f"--{field_name.replace('_', '-')}:" + msg[len(field_name) + 1:]
+        field_name = head if head in _config_fields() | {"prompt", "prompts"} else None
+    if field_name:  # flags are flat: a nested field "a.b_c" is --b-c
+        if msg.startswith(f"{field_name}:"):
+            msg = msg[len(field_name) + 1:].lstrip()
+        msg = f"--{field_name.split('.')[-1].replace('_', '-')}: {msg}"
     return " ".join(msg.split("\n")[0].split())
 
 
@@ -311,3 +314,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 def entrypoint() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -119,7 +119,8 @@ def split_alpha(image: Image.Image) -> Tuple[Image.Image, Optional[Image.Image]]
 
 
 def edit_mode(image: Image.Image) -> str:
-    """The mode an edit of ``image`` is returned in: ``L``/``LA`` for grayscale (any bit depth), else ``RGB``/``RGBA``."""
+    """The mode an edit of ``image`` is returned in: ``L``/``LA`` for grayscale (any bit depth), else
+    ``RGB``/``RGBA``."""
     gray = image.mode in GRAY_MODES
     if _has_alpha(image):
         return "LA" if gray else "RGBA"

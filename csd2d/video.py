@@ -51,7 +51,8 @@ def edit_video(
 ) -> List[Image.Image]:
     """Edit video frames with CSD; returns as many frames as given, each at the input size.
 
-    Frames are resized to the VAE multiple and back; an alpha channel is kept unchanged. Chunks of ``config.batch`` frames are optimised one
+    Frames are resized to the VAE multiple and back (an alpha channel is kept unchanged). Chunks of
+    ``config.batch`` frames are optimised one
     after the other for ``config.steps`` steps each; the ``config.overlap`` frames a chunk shares with the
     previous one are already edited and stay fixed, but their noisy latents join the kernel, which pulls the
     new frames toward the edit already made. With a single frame this is plain delta score distillation.

@@ -235,13 +235,16 @@ def test_output_problems_are_refused_before_the_model_loads(tmp_path, clip, caps
     (tmp_path / "out.png").mkdir()
     (tmp_path / "afile").write_text("not a folder")
     before = _sha1s(tmp_path)
+    pano = ["panorama", str(rgba), "--prompt", "x", "--output"]
+    video = ["video", str(clip), "--prompt", "x", "--output"]
     cases = [
-        (["panorama", str(rgba), "--prompt", "x", "--output", str(tmp_path / "o.jpg")], "--output: expected a format that stores a RGBA image"),
-        (["panorama", str(rgba), "--prompt", "x", "--output", str(tmp_path / "out.png"), "--overwrite"], "--output: expected a file path, got the existing folder"),
-        (["panorama", str(rgba), "--prompt", "x", "--output", str(tmp_path / "afile" / "o.png")], "is a file"),
-        (["video", str(clip), "--prompt", "x", "--output", str(tmp_path / "out.txt")], "--output: expected a folder (no suffix) or a video file"),
-        (["video", str(clip), "--prompt", "x", "--output", str(tmp_path / "afile"), "--overwrite"], "--output: expected a folder (a path without a suffix), got the existing file"),
-        (["video", str(clip), "--prompt", "x", "--output", str(tmp_path / "out.png"), "--overwrite"], "--output: expected a folder (no suffix) or a video file"),
+        ([*pano, str(tmp_path / "o.jpg")], "--output: expected a format that stores a RGBA image"),
+        ([*pano, str(tmp_path / "out.png"), "--overwrite"], "--output: expected a file path, got the existing folder"),
+        ([*pano, str(tmp_path / "afile" / "o.png")], "is a file"),
+        ([*video, str(tmp_path / "out.txt")], "--output: expected a folder (no suffix) or a video file"),
+        ([*video, str(tmp_path / "afile"), "--overwrite"],
+         "--output: expected a folder (a path without a suffix), got the existing file"),
+        ([*video, str(tmp_path / "out.png"), "--overwrite"], "--output: expected a folder (no suffix) or a video file"),
     ]
     for argv, message in cases:
         assert main([*argv, *NO_MODEL]) == 2, argv
@@ -339,7 +342,7 @@ def test_sigkill_at_random_points_leaves_input_intact_and_output_absent_or_compl
     save_video(synthetic_video(8, size=(64, 64)), src, fps=10.0)
     inputs = _sha1s(src)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "csd2d.cli", "video", str(src), "--prompt", "make it red", "--output", str(out),
+    cmd = [sys.executable, "-m", "csd2d", "video", str(src), "--prompt", "make it red", "--output", str(out),
            "--model", "embedded", "--device", "cpu", "--steps", "2", "--batch", "4", "--no-progress", "--overwrite"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
 
