@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Literal, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, List, Literal, Optional, Sequence, Tuple, Union
 
 import tyro
 from typing_extensions import Annotated
@@ -24,9 +25,30 @@ from .guidance import DEFAULT_MODEL, EMBEDDED_MODEL, ModelLoadError
 from .io import InputError
 from .paper_metrics import EvalArgs, run_eval
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 __all__ = ["DemoArgs", "PanoramaArgs", "VideoArgs", "main", "entrypoint"]
 
 Flat = tyro.conf.OmitArgPrefixes
+
+
+def _unchecked(cls: type) -> type:
+    """``cls`` with its ``__post_init__`` checks off, for tyro to fill in. :func:`parse` then builds the real
+    ``cls`` outside tyro, so that a bad value gets csd2d's one-line error naming its flag (inside tyro it
+    becomes a box naming tyro's internal ``__tyro-dummy-inner__``)."""
+    sub = dataclasses.make_dataclass(cls.__name__, [], bases=(cls,),
+                                     namespace={"__post_init__": lambda self: None, "__doc__": cls.__doc__})
+    sub.__module__, sub.__qualname__ = cls.__module__, cls.__qualname__
+    return sub
+
+
+_PanoramaFlags, _VideoFlags = _unchecked(PanoramaConfig), _unchecked(VideoConfig)
+
+
+def _as(cls: type, config):
+    """``config``'s init fields as a ``cls`` (running ``cls``'s checks)."""
+    return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if f.init})
 
 
 @dataclass
@@ -42,9 +64,9 @@ class _Common:
     preset: Optional[str] = None
     """Preset name (image, region, video; shipped in csd2d/presets/) or a YAML file; other flags override it."""
     overwrite: bool = False
-    """Replace an existing output."""
+    """Replace an existing output (and preview); a folder only if csd2d wrote it."""
     preview: bool = False
-    """Also write a before/after preview PNG next to the output (OUT.preview.png)."""
+    """Also write a before/after preview PNG next to the output (OUT.png -> OUT.preview.png)."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -61,7 +83,7 @@ class PanoramaArgs(_Common):
     """Editing instruction, e.g. "turn into van gogh style painting"."""
     prompts: Tuple[str, ...] = ()
     """Region editing: several instructions laid out left to right with smooth transitions."""
-    config: Flat[PanoramaConfig] = field(default_factory=PanoramaConfig)
+    config: Flat[_PanoramaFlags] = field(default_factory=_PanoramaFlags)
 
 
 @dataclass
@@ -74,7 +96,9 @@ class VideoArgs(_Common):
     """Output: a .mp4/.gif file or a folder (no suffix) of PNG frames; same fps and size as the input."""
     prompt: str = tyro.MISSING
     """Editing instruction, e.g. "make his shirt yellow"."""
-    config: Flat[VideoConfig] = field(default_factory=VideoConfig)
+    overwrite_foreign_folder: bool = False
+    """Replace an existing output folder even if it holds files csd2d did not write (they are deleted)."""
+    config: Flat[_VideoFlags] = field(default_factory=_VideoFlags)
 
 
 @dataclass
@@ -98,7 +122,9 @@ class DemoArgs:
     """Search CSD's learning rate until its edit strength is within 10 % of the baseline's (a fair comparison);
     off: one run at the fixed learning-rate ratio."""
     overwrite: bool = False
-    """Replace an existing output folder."""
+    """Replace an existing output folder that csd2d wrote."""
+    overwrite_foreign_folder: bool = False
+    """Replace an existing output folder even if it holds files csd2d did not write (they are deleted)."""
     progress: bool = True
     """Show progress bars."""
 
@@ -123,12 +149,18 @@ def parse(argv: Sequence[str]) -> Union[PanoramaArgs, VideoArgs, "DemoArgs"]:
         elif command == "video":
             video = load_preset(preset, VideoConfig)
     spec = Union[
-        Annotated[PanoramaArgs, tyro.conf.subcommand("panorama", default=PanoramaArgs(config=pano))],
-        Annotated[VideoArgs, tyro.conf.subcommand("video", default=VideoArgs(config=video))],
+        Annotated[PanoramaArgs, tyro.conf.subcommand("panorama",
+                                                     default=PanoramaArgs(config=_as(_PanoramaFlags, pano)))],
+        Annotated[VideoArgs, tyro.conf.subcommand("video", default=VideoArgs(config=_as(_VideoFlags, video)))],
         Annotated[DemoArgs, tyro.conf.subcommand("demo", default=DemoArgs())],
         Annotated[EvalArgs, tyro.conf.subcommand("eval")],
     ]
-    return tyro.cli(spec, args=list(argv), prog="csd2d", description=__doc__)
+    args = tyro.cli(spec, args=list(argv), prog="csd2d", description=__doc__)
+    if isinstance(args, PanoramaArgs):
+        args = dataclasses.replace(args, config=_as(PanoramaConfig, args.config))
+    elif isinstance(args, VideoArgs):
+        args = dataclasses.replace(args, config=_as(VideoConfig, args.config))
+    return args
 
 
 def _device_dtype(args):
@@ -141,8 +173,18 @@ def _device_dtype(args):
         device = torch.device(device)
     except RuntimeError as err:
         raise InputError(f"--device: expected a torch device such as cuda, cuda:1 or cpu, got {args.device!r}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device: expected an available device, got {args.device!r} but CUDA is not available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device: expected an available device, got {args.device!r} but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"--device: expected a CUDA index below {torch.cuda.device_count()}, got {args.device!r}")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InputError(f"--device: expected an available device, got {args.device!r} but MPS (Apple GPU) "
+                             "is not available here; use cpu or cuda")
+    elif device.type != "cpu":
+        raise InputError(f"--device: expected cpu, cuda, cuda:N or mps, got {args.device!r}")
     dtype = args.dtype
     if dtype == "auto":
         dtype = "float16" if device.type == "cuda" else "float32"
@@ -153,10 +195,10 @@ def _preview(before: List, after: List, path: Path) -> Path:
     """A before (top) / after (bottom) strip of up to 3 images, written atomically."""
     from PIL import Image
 
-    from .io import save_image
+    from .io import save_image, split_alpha
 
     picks = sorted({0, len(before) // 2, len(before) - 1})
-    cells = [(before[i].convert("RGB"), after[i].convert("RGB")) for i in picks]
+    cells = [(split_alpha(before[i])[0], split_alpha(after[i])[0]) for i in picks]
     width = sum(b.width for b, _ in cells)
     height = max(b.height for b, _ in cells)
     sheet = Image.new("RGB", (width, 2 * height), "white")
@@ -168,64 +210,119 @@ def _preview(before: List, after: List, path: Path) -> Path:
     return save_image(sheet, path)
 
 
+def _check_outputs(args: Union[PanoramaArgs, VideoArgs]) -> Optional["Image.Image"]:
+    """Every check of paths, formats and prompts that can run before the model loads; returns the image
+    (panorama) after reading it, or None (video: frames are read by the caller)."""
+    from .editor import check_prompts
+    from .io import (check_file_output, check_image_output, check_video_output, edit_mode, load_image,
+                     preview_path)
+
+    inputs = [args.input]
+    image = None
+    if isinstance(args, PanoramaArgs):
+        check_prompts(args.prompt, args.prompts)
+        check_file_output(args.output, "--output", inputs, args.overwrite)
+        image = load_image(args.input, "input")
+        check_image_output(args.output, edit_mode(image), "--output")
+    else:
+        check_prompts(args.prompt, None)
+        check_video_output(args.output, inputs, args.overwrite, args.overwrite_foreign_folder, "--output")
+    if args.preview:
+        check_file_output(preview_path(args.output), "--preview", [*inputs, args.output], args.overwrite)
+    return image
+
+
 def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
-    """Execute parsed arguments; returns the output path."""
-    from .editor import CSDEditor, check_prompts
-    from .io import IMAGE_SUFFIXES, check_output, load_image, load_video, refuse_existing, save_image, save_video
+    """Execute parsed arguments; returns the output path. Everything checkable is checked before the model loads."""
+    from .editor import CSDEditor
+    from .io import check_folder_output, load_video, preview_path, save_image, save_video
 
     if isinstance(args, EvalArgs):
         return run_eval(args)
     if isinstance(args, DemoArgs):
         from .demo import DemoConfig, report_markdown, run_demo
 
-        refuse_existing(args.output, args.overwrite)  # before loading the model
+        check_folder_output(args.output, "--output", (), args.overwrite or args.overwrite_foreign_folder,
+                            args.overwrite_foreign_folder)  # before loading the model
         device, dtype = _device_dtype(args)
         editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model")
         demo = DemoConfig(seed=args.seed, match_strength=args.match_strength)
         if args.steps is not None:
             demo = dataclasses.replace(demo, panorama=dataclasses.replace(demo.panorama, steps=args.steps),
                                        video=dataclasses.replace(demo.video, steps=args.steps))
-        report = run_demo(editor, args.output, demo, progress=args.progress, overwrite=args.overwrite)
+        report = run_demo(editor, args.output, demo, progress=args.progress,
+                          overwrite=args.overwrite or args.overwrite_foreign_folder,
+                          allow_foreign=args.overwrite_foreign_folder)
         print(report_markdown(report))
         return args.output
-    check_output(args.input, args.output, args.overwrite)
-    if isinstance(args, PanoramaArgs):
-        image = load_image(args.input, "input")
-        prompts = check_prompts(args.prompt, args.prompts)  # before loading the model
-        if args.output.suffix.lower() not in IMAGE_SUFFIXES:
-            raise InputError(f"--output: expected an image path ({', '.join(IMAGE_SUFFIXES)}), got {str(args.output)!r}")
-    else:
+    if isinstance(args, VideoArgs) and args.overwrite_foreign_folder and args.output.suffix == "":
+        args = dataclasses.replace(args, overwrite=True)
+    image = _check_outputs(args)
+    if isinstance(args, VideoArgs):
         frames, fps = load_video(args.input, "input")
-        check_prompts(args.prompt, None)
     device, dtype = _device_dtype(args)
     editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model",
                                        consistency_decoder=args.consistency_decoder,
                                        consistency_decoder_arg="--consistency-decoder")
     if isinstance(args, PanoramaArgs):
+        prompts = [args.prompt] if args.prompt is not None else list(args.prompts)
         out = editor.edit_panorama(image, prompts=prompts, config=args.config, progress=args.progress)
-        save_image(out, args.output)
+        save_image(out, args.output, exif=image.info.get("exif"))
         before, after = [image], [out]
     else:
         edited = editor.edit_video(frames, args.prompt, config=args.config, progress=args.progress)
-        save_video(edited, args.output, fps)
+        save_video(edited, args.output, fps, allow_foreign=args.overwrite_foreign_folder)
         before, after = frames, edited
     if args.preview:
-        _preview(before, after, args.output.with_name(args.output.name.split(".")[0] + ".preview.png"))
+        _preview(before, after, preview_path(args.output))
     return args.output
 
 
+_TYRO_DUMMY = "__tyro-dummy-inner__"
+
+
+def _config_fields() -> set:
+    return {f.name for cls in (PanoramaConfig, VideoConfig) for f in dataclasses.fields(cls)}
+
+
+def _flag_message(err: BaseException) -> str:
+    """One line for a bad-input error: a config field named at its start (``ConfigError.field`` or a message
+    ``"vae_tile: ..."``) becomes its flag (``--vae-tile: ...``); tyro's internal names are removed."""
+    msg = str(err).strip().replace(_TYRO_DUMMY, "")
+    field_name = getattr(err, "field", None)
+    if field_name is None:
+        head = msg.split(":", 1)[0]
+        field_name = head if head in _config_fields() | {"prompt", "prompts"} else None
+    if field_name:  # flags are flat: a nested field "a.b_c" is --b-c
+        if msg.startswith(f"{field_name}:"):
+            msg = msg[len(field_name) + 1:].lstrip()
+        msg = f"--{field_name.split('.')[-1].replace('_', '-')}: {msg}"
+    return " ".join(msg.split("\n")[0].split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"csd2d: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the CLI; returns the exit code (0 success, 2 bad input or model)."""
+    """Run the CLI; returns the exit code (0 success, 2 bad input or model, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parse(argv)
-        out = run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            args = parse(argv)
+            out = run(args)
+    except KeyboardInterrupt:
+        print("csd2d: interrupted (outputs are written whole or not at all)", file=sys.stderr)
+        return 130
     except (InputError, ModelLoadError, ValueError) as err:
-        print(f"csd2d: error: {err}", file=sys.stderr)
+        print(f"csd2d: error: {_flag_message(err)}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
     return 0
-
-
 def entrypoint() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

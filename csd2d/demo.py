@@ -122,13 +122,14 @@ def _stack(images: List[Image.Image], labels: List[str], vertical: bool) -> Imag
 
 
 def run_demo(editor: CSDEditor, output: Path, config: DemoConfig = DemoConfig(), progress: bool = True,
-             overwrite: bool = False) -> Dict:
-    """Run the comparison, write images, ``report.json`` and ``report.md`` into ``output`` (atomically)."""
+             overwrite: bool = False, allow_foreign: bool = False) -> Dict:
+    """Run the comparison, write images, ``report.json`` and ``report.md`` into ``output`` (atomically;
+    ``allow_foreign``: replace a folder csd2d did not write, see :func:`csd2d.io.check_folder_output`)."""
     output = Path(output)
     refuse_existing(output, overwrite)
     report: Dict = {"model": "embedded", "seed": config.seed, "panorama": {}, "video": {}}
     start = time.time()
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output, allow_foreign=allow_foreign) as tmp:
         pano = demo_panorama(config.panorama_height)
         frames = demo_video(config.video_frames, config.video_size, config.video_shift)
         report["panorama_input"] = {"size": list(pano.size)}

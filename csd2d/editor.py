@@ -11,7 +11,7 @@ from PIL import Image
 from .config import EditConfig, PanoramaConfig, VideoConfig, with_overrides
 from .guidance import DEFAULT_MODEL, IP2PGuidance
 from .imaging import decode_pil, encode_pil
-from .io import InputError, check_same_size, split_alpha
+from .io import InputError, check_same_size, match_mode, split_alpha
 from .panorama import edit_panorama
 from .video import edit_video
 
@@ -72,7 +72,8 @@ class CSDEditor:
         progress: bool = True,
         **overrides,
     ) -> Image.Image:
-        """Edit a panorama or large image; returns an image of the same size and mode family.
+        """Edit a panorama or large image; returns an image of the same size and mode family (grayscale of any
+        bit depth → ``L``, colour → ``RGB``, an alpha channel kept exactly).
 
         Args:
             image: PIL image (RGB, RGBA, grayscale, …).
@@ -86,7 +87,8 @@ class CSDEditor:
         if not isinstance(image, Image.Image):
             raise InputError(f"image: expected a PIL.Image, got {type(image).__name__}")
         cfg = with_overrides(config or PanoramaConfig(), **overrides)
-        return edit_panorama(self.guidance, image, check_prompts(prompt, prompts), cfg, callback, progress)
+        out = edit_panorama(self.guidance, image, check_prompts(prompt, prompts), cfg, callback, progress)
+        return match_mode(out, image)
 
     def edit_video(
         self,
@@ -98,7 +100,8 @@ class CSDEditor:
         progress: bool = True,
         **overrides,
     ) -> List[Image.Image]:
-        """Edit video frames (list of PIL images of one size); returns the same number of frames.
+        """Edit video frames (list of PIL images of one size); returns the same number of frames, each in its
+        input's mode family (grayscale stays grayscale, alpha is kept exactly, as for :meth:`edit_panorama`).
 
         ``config`` is a :class:`VideoConfig`; keyword ``overrides`` replace single fields.
         """
@@ -107,7 +110,8 @@ class CSDEditor:
         if not all(isinstance(f, Image.Image) for f in frames):
             raise InputError("frames: expected a list of PIL images")
         cfg = with_overrides(config or VideoConfig(), **overrides)
-        return edit_video(self.guidance, frames, prompt, cfg, callback, progress)
+        out = edit_video(self.guidance, frames, prompt, cfg, callback, progress)
+        return [match_mode(o, f) for o, f in zip(out, frames)]
 
     @torch.no_grad()
     def reconstruct(self, images: Sequence[Image.Image], config: Optional[EditConfig] = None) -> List[Image.Image]:
@@ -125,4 +129,5 @@ class CSDEditor:
         split = [split_alpha(i) for i in images]
         size = check_same_size([rgb for rgb, _ in split], "images")
         latents = encode_pil(self.guidance, [rgb for rgb, _ in split], cfg)
-        return decode_pil(self.guidance, latents, size, cfg, [alpha for _, alpha in split])
+        out = decode_pil(self.guidance, latents, size, cfg, [alpha for _, alpha in split])
+        return [match_mode(o, i) for o, i in zip(out, images)]

@@ -8,6 +8,7 @@ a local directory in the diffusers layout (``unet/``, ``vae/``, ``text_encoder/`
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -199,7 +200,7 @@ class IP2PGuidance:
             unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch_dtype, **common)
             scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
         except (OSError, ValueError, EnvironmentError) as err:
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"} and not local.exists()
             hint = (
                 " (HF_HUB_OFFLINE is set: only models already in the Hugging Face cache can load)" if offline else ""
             )
@@ -247,6 +248,7 @@ class IP2PGuidance:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
+            self._warn_truncated(missing)
             tokens = self.tokenizer(
                 missing,
                 padding="max_length",
@@ -258,6 +260,16 @@ class IP2PGuidance:
             for prompt, h in zip(missing, hidden):
                 self._text_cache[prompt] = h
         return torch.stack([self._text_cache[p] for p in prompts])
+
+    def _warn_truncated(self, prompts: Sequence[str]) -> None:
+        """Warn (once per prompt: encodings are cached) when a prompt is longer than the text encoder reads."""
+        limit = self.tokenizer.model_max_length
+        for prompt, ids in zip(prompts, self.tokenizer(list(prompts), verbose=False).input_ids):
+            if len(ids) > limit:
+                dropped = self.tokenizer.decode(ids[limit - 1 : -1], skip_special_tokens=True)
+                dropped = dropped if len(dropped) <= 60 else dropped[:57] + "..."
+                warnings.warn(f"prompt: expected at most {limit} tokens, got {len(ids)}; the last {len(ids) - limit} "
+                              f"are ignored ({dropped!r})", UserWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ VAE
     def encode_images(

@@ -51,14 +51,15 @@ def edit_video(
 ) -> List[Image.Image]:
     """Edit video frames with CSD; returns as many frames as given, each at the input size.
 
-    Frames are resized to the VAE multiple and back. Chunks of ``config.batch`` frames are optimised one
+    Frames are resized to the VAE multiple and back (an alpha channel is kept unchanged). Chunks of
+    ``config.batch`` frames are optimised one
     after the other for ``config.steps`` steps each; the ``config.overlap`` frames a chunk shares with the
     previous one are already edited and stay fixed, but their noisy latents join the kernel, which pulls the
     new frames toward the edit already made. With a single frame this is plain delta score distillation.
     """
     if len(frames) == 0:
         raise InputError("frames: expected at least one frame, got an empty list")
-    rgb = [split_alpha(f)[0] for f in frames]
+    rgb, alphas = zip(*[split_alpha(f) for f in frames])
     size = check_same_size(rgb, "frames")
     source = encode_pil(guidance, rgb, config)
     target = source.clone()
@@ -79,4 +80,4 @@ def edit_video(
             chunk = target[start:end]
             optimize_latents(guidance, chunk, source[start:end], emb.expand(n, -1, -1),
                              src_emb.expand(n, -1, -1), config, generator=gen, anchors=anchors, on_step=on_step)
-    return decode_pil(guidance, target, size, config)
+    return decode_pil(guidance, target, size, config, alphas)
