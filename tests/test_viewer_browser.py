@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import unavailable
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -64,20 +65,14 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def unavailable(reason: str):
-    """Fail under CI=true (CI must run the browser test), skip elsewhere."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"browser test cannot run in CI: {reason}")
-    pytest.skip(f"{reason} (`make test` installs chromium and chromium-driver on Debian)")
-
-
 @pytest.fixture(scope="module")
 def chromium() -> tuple[str, str]:
     """Paths of Debian's chromium and its chromedriver."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not (browser and driver):
-        unavailable(f"chromium ({browser}) and chromedriver ({driver}) are not both on PATH")
+        unavailable(f"chromium ({browser}) and chromedriver ({driver}) are not both on PATH "
+                    "(`make test` installs them on Debian: apt-get install chromium chromium-driver)")
     try:
         import selenium  # noqa: F401
     except ImportError:
