@@ -127,7 +127,7 @@ def run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(run, chromium, tmp_path_factory):
+def page(chromium, run, tmp_path_factory):
     """Headless chromium with the viewer's page open, once the "Custom Elements" panel has its controls."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
