@@ -1,5 +1,13 @@
 """csd_nerfstudio: CSD-Edit as a nerfstudio method (``ns-train csd-edit``)."""
 
+try:
+    import nerfstudio  # noqa: F401
+except ImportError as err:  # nerfstudio is the optional extra; csd2d works without it
+    raise ImportError(
+        "csd_nerfstudio (ns-train csd-edit) needs nerfstudio, which is not installed: "
+        'pip install "csd-edit[nerfstudio]"'
+    ) from err
+
 
 def _allow_numpy_scalars_in_checkpoints() -> None:
     """nerfstudio 1.1.5's LR schedulers put numpy floats into checkpoints, and torch >= 2.6 loads checkpoints
