@@ -91,3 +91,22 @@ def test_csd2d_cli_edits_a_panorama_without_nerfstudio(core_python, tmp_path):
     assert edited.shape == image.shape
     assert edited.mean() < 0.8 * image.mean(), (edited.mean(), image.mean())  # "make it night" darkens
     assert np.array_equal(np.asarray(Image.open(tmp_path / "in.png")), image)  # the input is not overwritten
+
+
+PRESETS = r"""
+import json
+from pathlib import Path
+import csd2d
+from csd2d.config import PRESET_DIR, PanoramaConfig, VideoConfig, load_preset, preset_names
+loaded = {name: type(load_preset(name, VideoConfig if name == "video" else PanoramaConfig)).__name__
+          for name in preset_names()}
+print(json.dumps({"dir": str(PRESET_DIR), "package": str(Path(csd2d.__file__).parent), "loaded": loaded}))
+"""
+
+
+def test_presets_load_from_the_installed_wheel(core_python, tmp_path):
+    """A regular (non-editable) install carries the presets: every one loads from the venv's own copy."""
+    probe = json.loads(run_core(core_python, [str(core_python), "-c", PRESETS], tmp_path).stdout)
+    assert Path(probe["dir"]).parent == Path(probe["package"])
+    assert not Path(probe["dir"]).is_relative_to(REPO)
+    assert probe["loaded"] == {"image": "PanoramaConfig", "region": "PanoramaConfig", "video": "VideoConfig"}
