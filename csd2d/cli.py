@@ -36,6 +36,14 @@ class _Common:
     """Torch device, e.g. cuda, cuda:1, cpu; auto picks cuda when available."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Model weights dtype; auto is float16 on CUDA and float32 on CPU."""
+    attention: Literal["sdpa", "sliced"] = "sdpa"
+    """UNet attention: sdpa (PyTorch scaled-dot-product, diffusers' default) or sliced (attention slicing, lower
+    memory, slower; the official CSD code's choice)."""
+    compile: bool = False
+    """torch.compile the UNet (slow first step, faster later steps on a GPU)."""
+    offload: bool = False
+    """Keep the text encoder and VAE on the CPU, moving each to the device only while it runs (saves their
+    device memory during the optimisation)."""
     preset: Optional[str] = None
     """Preset name in configs/ (image, region, video) or a YAML file; other flags override it."""
     overwrite: bool = False
@@ -44,6 +52,10 @@ class _Common:
     """Also write a before/after preview PNG next to the output (OUT.preview.png)."""
     progress: bool = True
     """Show a progress bar."""
+
+    def memory_kwargs(self) -> dict:
+        """The memory controls of CSDEditor.from_pretrained, from these flags."""
+        return dict(attention=self.attention, compile_unet=self.compile, offload=self.offload)
 
 
 @dataclass
@@ -192,7 +204,9 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
         frames, fps = load_video(args.input, "input")
         check_prompts(args.prompt, None)
     device, dtype = _device_dtype(args)
-    editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model")
+    editor = CSDEditor.from_pretrained(
+        args.model, device=device, torch_dtype=dtype, arg_name="--model", **args.memory_kwargs()
+    )
     if isinstance(args, PanoramaArgs):
         out = editor.edit_panorama(image, prompts=prompts, config=args.config, progress=args.progress)
         save_image(out, args.output)

@@ -52,9 +52,25 @@ class CSDEditor:
         device: Union[str, torch.device] = "cpu",
         torch_dtype: torch.dtype = torch.float32,
         arg_name: str = "model",
+        attention: str = "sdpa",
+        compile_unet: bool = False,
+        offload: bool = False,
     ) -> "CSDEditor":
-        """Load an InstructPix2Pix model (hub id or local directory, safetensors only)."""
-        return cls(IP2PGuidance.from_pretrained(model, device=device, torch_dtype=torch_dtype, arg_name=arg_name))
+        """Load an InstructPix2Pix model (hub id or local directory, safetensors only).
+
+        ``attention`` (``"sdpa"`` or ``"sliced"``), ``compile_unet`` and ``offload`` (text encoder and VAE on the
+        CPU between uses) are the memory controls of :meth:`IP2PGuidance.configure_memory`.
+        """
+        guidance = IP2PGuidance.from_pretrained(
+            model,
+            device=device,
+            torch_dtype=torch_dtype,
+            arg_name=arg_name,
+            attention=attention,
+            compile_unet=compile_unet,
+            offload=offload,
+        )
+        return cls(guidance)
 
     def edit_panorama(
         self,

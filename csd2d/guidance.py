@@ -120,6 +120,9 @@ class IP2PGuidance:
         device: Union[str, torch.device] = "cpu",
         torch_dtype: torch.dtype = torch.float32,
         arg_name: str = "model",
+        attention: str = "sdpa",
+        compile_unet: bool = False,
+        offload: bool = False,
     ) -> "IP2PGuidance":
         """Load an InstructPix2Pix model from a hub id or a local diffusers directory (safetensors only).
 
@@ -129,6 +132,7 @@ class IP2PGuidance:
             device: where to put the models.
             torch_dtype: weights dtype (``torch.float16`` halves GPU memory).
             arg_name: the name of the user-facing argument, used in error messages (e.g. ``--model``).
+            attention / compile_unet / offload: memory and speed controls, see :meth:`configure_memory`.
         """
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -169,7 +173,51 @@ class IP2PGuidance:
                 f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             ) from err
         guidance = cls(unet, vae, text_encoder, tokenizer, scheduler)
-        return guidance.to(device)
+        return guidance.to(device).configure_memory(attention=attention, compile_unet=compile_unet, offload=offload)
+
+    def configure_memory(
+        self, *, attention: str = "sdpa", compile_unet: bool = False, offload: bool = False
+    ) -> "IP2PGuidance":
+        """Memory and speed controls (in place; returns ``self``). Results are unchanged within numerical
+        tolerance (tests/test_benchmarks.py); numbers in benchmarks/RESULTS.md.
+
+        Args:
+            attention: ``"sdpa"`` — PyTorch's scaled-dot-product attention, diffusers' default processor
+                (fastest, memory-efficient on CUDA); ``"sliced"`` — diffusers' attention slicing
+                (``set_attention_slice("auto")``: heads one half at a time), the fallback the official CSD code
+                uses (``enable_attention_slicing``) when SDPA is unavailable or memory is tighter still.
+            compile_unet: ``torch.compile`` the UNet in place (first step pays the compilation; later steps are
+                faster on a GPU; needs a C compiler on CPU).
+            offload: keep the text encoder and the VAE on the CPU and move each onto the UNet's device only while
+                it runs (they run once per prompt and per encode/decode, the UNet every step), saving their
+                ~0.6 GB (SD 1.5, fp16) of device memory during the optimisation. A no-op on a CPU.
+        """
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        if attention == "sdpa":
+            self.unet.set_attn_processor(AttnProcessor2_0())
+        elif attention == "sliced":
+            self.unet.set_attention_slice("auto")
+        else:
+            raise ValueError(f"attention: expected 'sdpa' or 'sliced', got {attention!r}")
+        if offload:
+            home = torch.device("cpu")
+
+            def load(module, args) -> None:
+                module.to(self.device)  # the UNet's device: where inputs are put
+
+            def unload(module, args, output) -> None:
+                module.to(home)
+
+            # The VAE's encode/decode are not its forward: hook its parts (encoder, decoder, quant convs).
+            parts = [self.text_encoder] + [m for m in self.vae.children() if next(m.parameters(), None) is not None]
+            for module in parts:
+                module.to(home)
+                module.register_forward_pre_hook(load)
+                module.register_forward_hook(unload)
+        if compile_unet:
+            self.unet.compile()
+        return self
 
     def to(self, device: Union[str, torch.device]) -> "IP2PGuidance":
         """Move the models to ``device`` (in place) and return ``self``."""
