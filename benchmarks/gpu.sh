@@ -24,19 +24,25 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
 if [ "$QUICK" = 1 ]; then
   MODEL=tiny; STEP=(--ns 1 2 4 8 --repeats 1); OFFICIAL=(--ns 4 --repeats 1)
-  MEMORY=(--ns 1 4 --max-batches 0 6 --control-n 2 --repeats 1); LIMIT=100
+  MEMORY=(--ns 1 4 --max-batches 0 6 --control-n 2 --repeats 1)
+  LIMIT_step=600; LIMIT_official_loop=600; LIMIT_memory=600  # ~1 min in all on an idle 2-core box
 else
   # Budget on an H100 (estimated, not yet run): step ~1.5 min, official ~0.5 min, memory with compile ~3 min.
   MODEL=full; STEP=(--repeats 3); OFFICIAL=(--ns 8 --repeats 3)
-  MEMORY=(--ns 1 4 16 --max-batches 0 6 2 --control-n 4 --repeats 3 --compile); LIMIT=200
+  MEMORY=(--ns 1 4 16 --max-batches 0 6 2 --control-n 4 --repeats 3 --compile)
+  LIMIT_step=150; LIMIT_official_loop=90; LIMIT_memory=220  # 460 s: the 8-minute slot with room to start
 fi
 start=$SECONDS
 run() {  # name, args...: one benchmark, its table on stdout, its JSON in OUT
   local name=$1; shift
   echo "== $name ($MODEL, $DEVICE)"
-  timeout "$LIMIT" "$PY" -m "benchmarks.$name" --model "$MODEL" --device "$DEVICE" "$@" --json "$OUT/$name.json"
+  local limit="LIMIT_$name"
+  timeout "${!limit}" "$PY" -m "benchmarks.$name" --model "$MODEL" --device "$DEVICE" "$@" --json "$OUT/$name.json" \
+    || { echo "gpu.sh: $name failed (exit $?; 124 = over its ${!limit} s limit)" >&2; failed="$failed $name"; }
 }
+failed=""
 run step "${STEP[@]}"
 run official_loop "${OFFICIAL[@]}"
 run memory "${MEMORY[@]}"
 echo "gpu.sh: done in $((SECONDS - start)) s; JSON in $OUT"
+[ -z "$failed" ] || { echo "gpu.sh: failed:$failed" >&2; exit 1; }

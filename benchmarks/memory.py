@@ -131,7 +131,7 @@ def run(model: str, device: str, ns: Sequence[int], max_batches: Sequence[Option
         repeats: int, compile_unet: bool, sweep_dtype: str) -> dict:
     spec = SPECS[model]
     base = build_guidance(model, device, torch.float32)
-    ctl = controls(base, spec.image, control_n, repeats, compile_unet)
+    ctl = controls(base, spec.image, control_n, repeats, compile_unet) if control_n > 0 else []
     g = base if sweep_dtype == "float32" else _copy(base, DTYPES[sweep_dtype])
     del base
     if torch.device(device).type == "cuda":
@@ -164,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--ns", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--max-batches", type=int, nargs="+", default=[0, 6, 2], help="0 = unchunked")
-    p.add_argument("--control-n", type=int, default=4)
+    p.add_argument("--control-n", type=int, default=4, help="N for the controls; 0 skips them")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="also measure torch.compile of the UNet")
     p.add_argument("--sweep-dtype", choices=sorted(DTYPES), default=None, help="default: float16 on cuda")

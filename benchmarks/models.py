@@ -105,6 +105,9 @@ def build_components(spec: str, seed: int = 0) -> dict:
 
 def build_guidance(spec: str, device: str, dtype: torch.dtype, seed: int = 0) -> IP2PGuidance:
     """An :class:`IP2PGuidance` on random weights, through the real constructor."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # casting random modules with .to(dtype) is what we mean
     c = build_components(spec, seed)
     for k in ("unet", "vae", "text_encoder"):
         c[k] = c[k].to(device=device, dtype=dtype)
