@@ -3,7 +3,7 @@
 ``full``: the Stable Diffusion 1.5 UNet shape with ``in_channels = 8`` (InstructPix2Pix), the SD VAE and the
 CLIP ViT-L/14 text encoder shapes; 512² images (64² latents). Speed does not depend on the weights, so random
 weights time the same as ``timbrooks/instruct-pix2pix``.
-``tiny``: the test suite's tiny components (32/64 channels, VAE factor 4 → here 2 blocks), for CPU dry runs.
+``tiny``: the test suite's tiny components (32/64 channels, VAE factor 2), for CPU dry runs.
 """
 
 from __future__ import annotations
