@@ -190,7 +190,8 @@ class IP2PGuidance:
                 faster on a GPU; needs a C compiler on CPU).
             offload: keep the text encoder and the VAE on the CPU and move each onto the UNet's device only while
                 it runs (they run once per prompt and per encode/decode, the UNet every step), saving their
-                0.42 GB (SD 1.5 VAE + CLIP-L, fp16; benchmarks/RESULTS.md) of device memory during the optimisation. A no-op on a CPU.
+                0.42 GB (SD 1.5 VAE + CLIP-L in fp16, counted in benchmarks/RESULTS.md) of device memory during
+                the optimisation. A no-op on a CPU.
         """
         from diffusers.models.attention_processor import AttnProcessor2_0
 
