@@ -61,6 +61,14 @@ class _Common:
     """Model weights dtype; auto is float16 on CUDA and float32 on CPU."""
     consistency_decoder: Optional[str] = None
     """Decode with OpenAI's consistency decoder (hub id such as openai/consistency-decoder or a directory)."""
+    attention: Literal["sdpa", "sliced"] = "sdpa"
+    """UNet attention: sdpa (PyTorch scaled-dot-product, diffusers' default) or sliced (attention slicing, lower
+    memory, slower; the official CSD code's choice)."""
+    compile: bool = False
+    """torch.compile the UNet (slow first step, faster later steps on a GPU)."""
+    offload: bool = False
+    """Keep the text encoder and VAE on the CPU, moving each to the device only while it runs (saves their
+    device memory during the optimisation)."""
     preset: Optional[str] = None
     """Preset name (image, region, video; shipped in csd2d/presets/) or a YAML file; other flags override it."""
     overwrite: bool = False
@@ -69,6 +77,10 @@ class _Common:
     """Also write a before/after preview PNG next to the output (OUT.png -> OUT.preview.png)."""
     progress: bool = True
     """Show a progress bar."""
+
+    def memory_kwargs(self) -> dict:
+        """The memory controls of CSDEditor.from_pretrained, from these flags."""
+        return dict(attention=self.attention, compile_unet=self.compile, offload=self.offload)
 
 
 @dataclass
@@ -263,7 +275,7 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
     device, dtype = _device_dtype(args)
     editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model",
                                        consistency_decoder=args.consistency_decoder,
-                                       consistency_decoder_arg="--consistency-decoder")
+                                       consistency_decoder_arg="--consistency-decoder", **args.memory_kwargs())
     if isinstance(args, PanoramaArgs):
         prompts = [args.prompt] if args.prompt is not None else list(args.prompts)
         out = editor.edit_panorama(image, prompts=prompts, config=args.config, progress=args.progress)

@@ -54,12 +54,28 @@ class CSDEditor:
         arg_name: str = "model",
         consistency_decoder: Optional[Union[str, os.PathLike]] = None,
         consistency_decoder_arg: str = "consistency_decoder",
+        attention: str = "sdpa",
+        compile_unet: bool = False,
+        offload: bool = False,
     ) -> "CSDEditor":
-        """Load an InstructPix2Pix model (hub id or local directory, safetensors only); ``consistency_decoder``
-        (e.g. ``openai/consistency-decoder``) decodes the edits instead of the VAE."""
-        return cls(IP2PGuidance.from_pretrained(model, device=device, torch_dtype=torch_dtype, arg_name=arg_name,
-                                                consistency_decoder=consistency_decoder,
-                                                consistency_decoder_arg=consistency_decoder_arg))
+        """Load an InstructPix2Pix model (hub id or local directory, safetensors only).
+
+        ``consistency_decoder`` (e.g. ``openai/consistency-decoder``) decodes the edits instead of the VAE.
+        ``attention`` (``"sdpa"`` or ``"sliced"``), ``compile_unet`` and ``offload`` (text encoder and VAE on the
+        CPU between uses) are the memory controls of :meth:`IP2PGuidance.configure_memory`.
+        """
+        guidance = IP2PGuidance.from_pretrained(
+            model,
+            device=device,
+            torch_dtype=torch_dtype,
+            arg_name=arg_name,
+            consistency_decoder=consistency_decoder,
+            consistency_decoder_arg=consistency_decoder_arg,
+            attention=attention,
+            compile_unet=compile_unet,
+            offload=offload,
+        )
+        return cls(guidance)
 
     def edit_panorama(
         self,

@@ -159,6 +159,9 @@ class IP2PGuidance:
         arg_name: str = "model",
         consistency_decoder: Optional[Union[str, os.PathLike]] = None,
         consistency_decoder_arg: str = "consistency_decoder",
+        attention: str = "sdpa",
+        compile_unet: bool = False,
+        offload: bool = False,
     ) -> "IP2PGuidance":
         """Load an InstructPix2Pix model from a hub id or a local diffusers directory (safetensors only).
 
@@ -170,6 +173,7 @@ class IP2PGuidance:
             arg_name: the name of the user-facing argument, used in error messages (e.g. ``--model``).
             consistency_decoder: optional ``ConsistencyDecoderVAE`` (hub id such as ``openai/consistency-decoder``
                 or a local directory) that decodes instead of the VAE; ``consistency_decoder_arg`` names it in errors.
+            attention / compile_unet / offload: memory and speed controls, see :meth:`configure_memory`.
         """
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -214,7 +218,52 @@ class IP2PGuidance:
             decoder = load_consistency_decoder(consistency_decoder, torch_dtype=torch_dtype, arg_name=consistency_decoder_arg)
             _check_decoder(decoder, vae, consistency_decoder_arg)
         guidance = cls(unet, vae, text_encoder, tokenizer, scheduler, decoder=decoder)
-        return guidance.to(device)
+        return guidance.to(device).configure_memory(attention=attention, compile_unet=compile_unet, offload=offload)
+
+    def configure_memory(
+        self, *, attention: str = "sdpa", compile_unet: bool = False, offload: bool = False
+    ) -> "IP2PGuidance":
+        """Memory and speed controls (in place; returns ``self``). Results are unchanged within numerical
+        tolerance (tests/test_benchmarks.py); numbers in benchmarks/RESULTS.md.
+
+        Args:
+            attention: ``"sdpa"`` — PyTorch's scaled-dot-product attention, diffusers' default processor
+                (fastest, memory-efficient on CUDA); ``"sliced"`` — diffusers' attention slicing
+                (``set_attention_slice("auto")``: heads one half at a time), the fallback the official CSD code
+                uses (``enable_attention_slicing``) when SDPA is unavailable or memory is tighter still.
+            compile_unet: ``torch.compile`` the UNet in place (first step pays the compilation; later steps are
+                faster on a GPU; needs a C compiler on CPU).
+            offload: keep the text encoder and the VAE on the CPU and move each onto the UNet's device only while
+                it runs (they run once per prompt and per encode/decode, the UNet every step), saving their
+                0.42 GB (SD 1.5 VAE + CLIP-L in fp16, counted in benchmarks/RESULTS.md) of device memory during
+                the optimisation. A no-op on a CPU.
+        """
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        if attention == "sdpa":
+            self.unet.set_attn_processor(AttnProcessor2_0())
+        elif attention == "sliced":
+            self.unet.set_attention_slice("auto")
+        else:
+            raise ValueError(f"attention: expected 'sdpa' or 'sliced', got {attention!r}")
+        if offload:
+            home = torch.device("cpu")
+
+            def load(module, args) -> None:
+                module.to(self.device)  # the UNet's device: where inputs are put
+
+            def unload(module, args, output) -> None:
+                module.to(home)
+
+            # The VAE's encode/decode are not its forward: hook its parts (encoder, decoder, quant convs).
+            parts = [self.text_encoder] + [m for m in self.vae.children() if next(m.parameters(), None) is not None]
+            for module in parts:
+                module.to(home)
+                module.register_forward_pre_hook(load)
+                module.register_forward_hook(unload)
+        if compile_unet:
+            self.unet.compile()
+        return self
 
     def to(self, device: Union[str, torch.device]) -> "IP2PGuidance":
         """Move the models to ``device`` (in place) and return ``self``."""

@@ -1,0 +1,1 @@
+"""Benchmark scripts (not timed tests): each prints a table and writes JSON. See benchmarks/RESULTS.md."""

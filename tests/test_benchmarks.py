@@ -1,0 +1,152 @@
+"""Benchmarks stay runnable (the CPU dry run of benchmarks/gpu.sh), the official-structure loop computes the
+same gradient as the batched step, and the memory controls leave results unchanged within tolerance."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import csd2d.csd as csd_module
+from csd2d import IP2PGuidance
+from csd2d.csd import StepConfig, csd_edit_step
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _inputs(guidance, n=3, seed=0):
+    from benchmarks.step import make_inputs
+
+    return make_inputs(guidance, n, 32, seed)
+
+
+def _noise_t(shape, seed=1):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)), torch.tensor([300])
+
+
+@pytest.mark.parametrize("coupling", [True, False])
+def test_official_structure_loop_gives_the_batched_gradient(guidance, coupling):
+    from benchmarks.official_loop import official_structure_step
+
+    inputs = _inputs(guidance)
+    noise, t = _noise_t(inputs[0].shape)
+    config = StepConfig(coupling=coupling)
+    batched = csd_edit_step(guidance, *inputs, config, noise=noise, t=t).grad
+    loop = official_structure_step(guidance, *inputs, config, noise, t)
+    assert batched.abs().max() > 1e-3  # a real gradient, not zeros on both sides
+    torch.testing.assert_close(loop, batched, atol=1e-5, rtol=1e-4)
+
+
+def test_step_split_times_each_part_and_restores_the_code(guidance):
+    from benchmarks.step import bench_n
+
+    kernel, forward = csd_module.csd_gradient, guidance.unet.forward
+    row = bench_n(guidance, 2, 32, repeats=1)
+    assert row["split_unet_s"] > 0 and row["split_kernel_s"] > 0 and row["split_vae_s"] == 0
+    assert row["split_unet_s"] + row["split_kernel_s"] <= row["step_s"] * 5  # the parts belong to the step
+    assert row["overhead"] > 0 and row["unet_rows"] == 12
+    assert csd_module.csd_gradient is kernel and guidance.unet.forward == forward
+    assert "forward" not in vars(guidance.unet)
+
+
+def _grad(g: IP2PGuidance, seed=0):
+    inputs = _inputs(g)
+    noise, t = _noise_t(inputs[0].shape)
+    return csd_edit_step(g, *inputs, StepConfig(), noise=noise, t=t).grad.float()
+
+
+@pytest.fixture()
+def fresh(tiny_model_dir):
+    """A model per test: the controls change it in place."""
+    return lambda **kw: IP2PGuidance.from_pretrained(tiny_model_dir, device="cpu", **kw)
+
+
+def test_sliced_attention_keeps_the_gradient(fresh):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    base, sliced = fresh(), fresh(attention="sliced")
+    assert all(isinstance(p, AttnProcessor2_0) for p in base.unet.attn_processors.values())
+    assert not any(isinstance(p, AttnProcessor2_0) for p in sliced.unet.attn_processors.values())
+    torch.testing.assert_close(_grad(sliced), _grad(base), atol=1e-5, rtol=1e-4)
+
+
+def test_offload_keeps_results_and_parks_text_encoder_and_vae_on_cpu(fresh):
+    base, off = fresh(), fresh(offload=True)
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(off.encode_images(images), base.encode_images(images))
+    torch.testing.assert_close(off.decode_latents(base.encode_images(images)), base.decode_latents(base.encode_images(images)))
+    torch.testing.assert_close(_grad(off), _grad(base))
+    # The hooks ran (forward hooks registered on the text encoder and on every VAE part) and left them on the CPU.
+    assert off.text_encoder._forward_pre_hooks and off.vae.decoder._forward_hooks
+    assert {p.device.type for m in (off.text_encoder, off.vae) for p in m.parameters()} == {"cpu"}
+
+
+def test_bfloat16_stays_close(tiny_model_dir, fresh):
+    base = fresh()
+    half = IP2PGuidance.from_pretrained(tiny_model_dir, device="cpu", torch_dtype=torch.bfloat16)
+    a, b = _grad(base).flatten(), _grad(half).flatten()
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.9  # measured 0.97 (bf16 keeps 3 digits)
+    images = torch.rand(1, 3, 32, 32)
+    z = base.encode_images(images)
+    assert (half.decode_latents(z) - base.decode_latents(z)).abs().max() < 0.05
+
+
+def test_bad_attention_names_the_argument(tiny_model_dir):
+    with pytest.raises(ValueError, match="attention: expected 'sdpa' or 'sliced', got 'flash'"):
+        IP2PGuidance.from_pretrained(tiny_model_dir, attention="flash")
+
+
+def test_cli_flags_reach_the_loader():
+    from csd2d.cli import parse
+
+    args = parse(["video", "in.mp4", "--output", "o.gif", "--prompt", "x", "--attention", "sliced", "--offload"])
+    assert args.memory_kwargs() == dict(attention="sliced", compile_unet=False, offload=True)
+    assert parse(["video", "in.mp4", "--output", "o.gif", "--prompt", "x"]).memory_kwargs()["attention"] == "sdpa"
+
+
+def test_editor_passes_memory_controls(tiny_model_dir):
+    from csd2d import CSDEditor
+
+    editor = CSDEditor.from_pretrained(tiny_model_dir, attention="sliced", offload=True)
+    assert editor.guidance.text_encoder._forward_pre_hooks
+    assert editor.guidance.unet.attn_processors  # sliced processors installed
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    assert not any(isinstance(p, AttnProcessor2_0) for p in editor.guidance.unet.attn_processors.values())
+
+
+@pytest.mark.slow
+def test_compiled_unet_keeps_the_gradient(fresh):
+    compiled = fresh(compile_unet=True)
+    torch.testing.assert_close(_grad(compiled), _grad(fresh()), atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_gpu_script_cpu_dry_run(tmp_path):
+    """``bash benchmarks/gpu.sh OUT --device cpu --quick``: every benchmark writes its JSON with sane numbers."""
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(tmp_path), "--device", "cpu", "--quick"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = json.loads((tmp_path / "step.json").read_text())
+    assert [r["n"] for r in step["rows"]] == [1, 2, 4, 8]
+    for r in step["rows"]:
+        assert 0 < r["unet_alone_s"] and 0 < r["step_s"] and r["split_unet_s"] > 0
+    official = json.loads((tmp_path / "official_loop.json").read_text())
+    assert official["rows"][0]["max_abs_grad_diff"] < 1e-4 and official["rows"][0]["speedup"] > 0
+    memory = json.loads((tmp_path / "memory.json").read_text())
+    assert all(r["max_abs_grad_diff_vs_unchunked"] < 1e-4 for r in memory["sweep"])
+    controls = {r["control"]: r for r in memory["controls"]}
+    assert controls["attention sliced"]["max_rel_grad_diff"] < 1e-3
+    assert controls["offload text encoder + VAE"]["max_rel_grad_diff"] == 0
+
+
+def test_gpu_script_rejects_unknown_flags(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(tmp_path), "--fast"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "got '--fast'" in proc.stderr
