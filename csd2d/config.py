@@ -149,7 +149,7 @@ class EditConfig(StepConfig):
     """Random seed; the same seed and inputs give the same output."""
     vae_tile: int = 512
     """Tiled VAE: tile side in pixels (bounds memory for very large images); 0 encodes whole images, otherwise at
-    least :data:`MIN_VAE_TILE`. Ours: 512 px is the size Stable Diffusion's VAE is trained at."""
+    least 64 px (``MIN_VAE_TILE``). Ours: 512 px is the size Stable Diffusion's VAE is trained at."""
     vae_overlap: int = 64
     """Tiled VAE: overlap between tiles in pixels, at most half a tile (feathered, so no seam shows). Ours."""
 
