@@ -56,12 +56,13 @@ def official_structure_step(
             x = torch.cat([torch.cat([noisy] * 3).to(dt), image], dim=1)
             out = guidance.unet(x, timestep, encoder_hidden_states=text).sample.float()
             eps.append(ip2p_guidance(*out.chunk(3), config.guidance_scale, config.image_guidance_scale))
-        scores.append(w * (eps[1] - eps[0]))
+        scores.append(eps[1] - eps[0])
         noisy_views.append(noisy_tgt)
     scores_t = torch.cat(scores)
     if not config.coupling:
-        return scores_t
-    return csd_gradient(scores_t, torch.cat(noisy_views), bandwidth=config.bandwidth, repulsion=config.repulsion)
+        return w * scores_t
+    # The official code's ``w_t * (K·s + dK) / N``: w(t) weights the whole update, repulsion included.
+    return w * csd_gradient(scores_t, torch.cat(noisy_views), bandwidth=config.bandwidth, repulsion=config.repulsion)
 
 
 def bench_n(guidance: IP2PGuidance, n: int, image: int, repeats: int) -> dict:
