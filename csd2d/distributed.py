@@ -63,7 +63,7 @@ class ShardedGuidance:
 
     @torch.no_grad()
     def edit_scores(self, target_latents: Tensor, source_latents: Tensor, target_emb: Tensor, source_emb: Tensor, *,
-                    t_min: int = 20, t_max: int = 500, generator: Optional[torch.Generator] = None,
+                    t_min: int, t_max: int, generator: Optional[torch.Generator] = None,
                     noise: Optional[Tensor] = None, t: Optional[Tensor] = None, **kwargs) -> EditScores:
         """:meth:`IP2PGuidance.edit_scores` of all particles, computed shard by shard (same draws, same result)."""
         g = self.guidance
@@ -77,7 +77,8 @@ class ShardedGuidance:
         lo, hi = shard_bounds(n, self.rank, self.world)
         if hi > lo:
             part = g.edit_scores(target_latents[lo:hi], source_latents[lo:hi], target_emb[lo:hi],
-                                 source_emb[lo:hi], noise=noise[lo:hi], t=t, **kwargs)
+                                 source_emb[lo:hi], noise=noise[lo:hi], t=t, t_min=t_min, t_max=t_max,
+                                 **kwargs)
             scores, noisy = part.scores, part.noisy_targets
         else:  # more ranks than particles: this rank only takes part in the collectives
             scores = torch.empty((0, *target_latents.shape[1:]), device=target_latents.device)

@@ -54,8 +54,8 @@ def test_editor_round_trip_with_tiles(cd_guidance):
 
     from csd2d import PanoramaConfig
 
-    image = Image.new("RGB", (64, 32), (200, 80, 30))
-    out = CSDEditor(cd_guidance).reconstruct([image], PanoramaConfig(window=16, stride=8, vae_tile=32, vae_overlap=8))
+    image = Image.new("RGB", (128, 64), (200, 80, 30))  # two 64 px tiles wide (the smallest tile allowed)
+    out = CSDEditor(cd_guidance).reconstruct([image], PanoramaConfig(window=16, stride=8, vae_tile=64, vae_overlap=16))
     assert out[0].size == image.size
 
 
