@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from csd2d import DEFAULT_MODEL, EditConfig, IP2PGuidance, csd_edit_step
+from csd2d import DEFAULT_MODEL, ConfigError, EditConfig, IP2PGuidance, csd_edit_step
 from csd2d.imaging import model_hw
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
@@ -63,6 +63,13 @@ class SceneEditConfig(EditConfig):
     the paper's 3D schedule (16) is the csd-edit-paper method."""
     vae_tile: int = 0
     """Tiled VAE tile side in pixels; 0 encodes whole views (renders are at most render-max-side)."""
+
+    def __post_init__(self) -> None:
+        try:
+            super().__post_init__()
+        except ConfigError as err:  # as a flag of ns-train: --pipeline.edit.t-max
+            raise ConfigError(f"--pipeline.edit.{err.field.replace('_', '-')}", str(err)[len(err.field) + 2:]) \
+                from None
 
 
 @dataclass
@@ -111,6 +118,12 @@ class CSDPipelineConfig(VanillaPipelineConfig):
     cover the scene over time. random: N views drawn uniformly without replacement (the paper's 3D schedule)."""
 
     def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except ValueError as err:  # tyro shows only the message: name the flag, not the field
+            raise ValueError(_as_flag("--pipeline.", str(err))) from None
+
+    def _validate(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise ValueError(f"prompt: expected a non-empty instruction, got {self.prompt!r}")
         positive = {"edit_rate": self.edit_rate, "in2n_ddim_steps": self.in2n_ddim_steps,
@@ -128,6 +141,14 @@ class CSDPipelineConfig(VanillaPipelineConfig):
                 raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
         if self.update == "in2n" and self.mode != "dataset":
             raise ValueError(f"update: in2n is a dataset update; expected mode 'dataset' with it, got {self.mode!r}")
+
+
+def _as_flag(prefix: str, message: str) -> str:
+    """``"pretrain_steps: expected ..."`` → ``"--pipeline.pretrain-steps: expected ..."``."""
+    name, sep, rest = message.partition(": ")
+    if sep and name.isidentifier():
+        return f"{prefix}{name.replace('_', '-')}: {rest}"
+    return message
 
 
 class CSDPipeline(VanillaPipeline):
