@@ -108,5 +108,6 @@ def test_presets_load_from_the_installed_wheel(core_python, tmp_path):
     """A regular (non-editable) install carries the presets: every one loads from the venv's own copy."""
     probe = json.loads(run_core(core_python, [str(core_python), "-c", PRESETS], tmp_path).stdout)
     assert Path(probe["dir"]).parent == Path(probe["package"])
-    assert not Path(probe["dir"]).is_relative_to(REPO)
+    assert not Path(probe["dir"]).is_relative_to(REPO / "csd2d")  # the wheel's copy, not the checkout's
+    assert "site-packages" in Path(probe["dir"]).parts
     assert probe["loaded"] == {"image": "PanoramaConfig", "region": "PanoramaConfig", "video": "VideoConfig"}
