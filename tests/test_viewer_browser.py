@@ -45,8 +45,9 @@ TINY_RUN = [
     "--steps-per-save", "1000000", "--steps-per-eval-batch", "1000000", "--steps-per-eval-image", "1000000",
     "--steps-per-eval-all-images", "1000000",
     "--pipeline.prompt", PROMPT, "--pipeline.diffusion-model", "embedded", "--pipeline.diffusion-dtype", "float32",
-    "--pipeline.guidance-scale", "6.5", "--pipeline.image-guidance-scale", "1.25", "--pipeline.num-views", "2",
-    "--pipeline.edit-rate", "2", "--pipeline.edit-steps", "1", "--pipeline.render-max-side", "24",
+    "--pipeline.edit.guidance-scale", "6.5", "--pipeline.edit.image-guidance-scale", "1.25", "--pipeline.edit.batch",
+    "2", "--pipeline.edit-rate", "2", "--pipeline.edit.steps", "1", "--pipeline.render-max-side", "24",
+    "--pipeline.pretrain-steps", "0",
     "--pipeline.datamanager.train-num-rays-per-batch", "64", "--pipeline.datamanager.eval-num-rays-per-batch", "64",
     "--pipeline.model.eval-num-rays-per-chunk", "1024", "--pipeline.model.num-proposal-samples-per-ray", "16", "8",
     "--pipeline.model.num-nerf-samples-per-ray", "8", "--pipeline.model.lpips", "False",
@@ -118,9 +119,11 @@ def run(tmp_path_factory):
             time.sleep(1)
         yield proc, port, log
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # ns-train and its data-loader workers: the group it was started in
         try:
+            os.killpg(proc.pid, signal.SIGTERM)  # ns-train and its data-loader workers: the group it was started in
             proc.wait(timeout=30)
+        except ProcessLookupError:  # it had already exited (the failure above says why)
+            pass
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
