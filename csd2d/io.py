@@ -27,6 +27,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES",
     "OUTPUT_MARKER",
+    "add_to_manifest",
     "load_image",
     "save_image",
     "load_video",
@@ -340,6 +341,18 @@ def _manifest(folder: Path) -> Optional[List[str]]:
         return [str(n) for n in data["files"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def add_to_manifest(folder: Path, name: str) -> None:
+    """Record entry ``name`` of ``folder`` as written by us, when ``folder`` is an output csd2d wrote (it has a
+    marker); other folders are left alone."""
+    folder = Path(folder)
+    names = _manifest(folder)
+    if names is None or name in names:
+        return
+    tmp = folder / f"{TMP_PREFIX}{OUTPUT_MARKER}.{os.getpid()}"
+    tmp.write_text(json.dumps({"written_by": "csd2d", "files": sorted(names + [name])}, indent=1) + "\n")
+    os.replace(tmp, folder / OUTPUT_MARKER)
 
 
 def _swap_in(new: Path, path: Path) -> None:

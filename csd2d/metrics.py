@@ -24,6 +24,9 @@ __all__ = [
     "seam_inconsistency",
     "window_edit_spread",
     "colour_map_spread",
+    "affine_colour_map",
+    "apply_colour_map",
+    "map_spread",
     "temporal_inconsistency",
     # the paper's CLIP and LPIPS metrics (csd2d.paper_metrics; models load only when asked for)
     "clip_directional_similarity",
@@ -119,26 +122,49 @@ def window_edit_spread(edited: Tensor, source: Tensor, window: int, stride: int)
     return float((means - means.mean(0)).pow(2).mean().sqrt())
 
 
+def affine_colour_map(source: Tensor, edited: Tensor, ridge: float = 1e-3) -> Tensor:
+    """The affine colour map ``M`` (4 × 3) that best takes ``source``'s pixels ``[r, g, b, 1]`` to ``edited``'s
+    (``[3, H, W]`` each; ridge-regularised least squares, ridge scaled by the pixel count)."""
+    a = _homogeneous(source.float().reshape(3, -1).T)
+    b = edited.float().reshape(3, -1).T
+    gram = a.T @ a + ridge * a.shape[0] * torch.eye(4, dtype=a.dtype, device=a.device)
+    return torch.linalg.solve(gram, a.T @ b)
+
+
+def apply_colour_map(source: Tensor, colour_map: Tensor) -> Tensor:
+    """``source`` (``[3, H, W]``) through an affine colour map from :func:`affine_colour_map`."""
+    pixels = _homogeneous(source.float().reshape(3, -1).T) @ colour_map
+    return pixels.T.reshape(source.shape)
+
+
+def map_spread(maps: Sequence[Tensor], pixels: Tensor) -> float:
+    """How much affine colour maps disagree on the same content: apply every map to ``pixels`` (``[3, ...]``)
+    and return ``sqrt(mean_{maps, pixels, channels} (S M − mean_maps S M)²)``. Content-independent: equal
+    maps score 0 whatever ``pixels`` holds."""
+    src = _homogeneous(pixels.float().reshape(3, -1).T)
+    applied = torch.stack([src @ m for m in maps])  # [maps, pixels, 3]
+    return float((applied - applied.mean(0)).pow(2).mean().sqrt())
+
+
+def _homogeneous(x: Tensor) -> Tensor:
+    return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+
+
 def colour_map_spread(edited: Tensor, source: Tensor, window: int, stride: int, ridge: float = 1e-3) -> float:
     """Disagreement between the colour edits applied in different windows, independent of their content.
 
-    For each window ``w`` (in pixels) fit the affine colour map ``M_w`` (4 × 3, ridge-regularised least
-    squares) taking the source's pixels ``[r, g, b, 1]`` to the edited ones. Apply every ``M_w`` to *all*
-    source pixels ``S`` and return ``sqrt(mean_{w, pixels, channels} (S M_w − mean_w S M_w)²)``. A global
-    per-pixel colour filter (hue rotation, tint, grayscale, inversion) gives the same map everywhere and
-    scores ≈ 0 whatever the content; windows that landed on different outcomes score high.
+    For each window ``w`` (in pixels) fit the affine colour map ``M_w`` (:func:`affine_colour_map`) taking the
+    source's pixels to the edited ones, and return the :func:`map_spread` of the maps over *all* source pixels.
+    A global per-pixel colour filter (hue rotation, tint, grayscale, inversion) gives the same map everywhere
+    and scores ≈ 0 whatever the content; windows that landed on different outcomes score high.
     """
-    src = source.float().reshape(3, -1).T
-    homog = lambda x: torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # noqa: E731
-    maps = []
-    for y in window_positions(source.shape[-2], window, stride):
-        for x in window_positions(source.shape[-1], window, stride):
-            a = homog(source[:, y : y + window, x : x + window].float().reshape(3, -1).T)
-            b = edited[:, y : y + window, x : x + window].float().reshape(3, -1).T
-            gram = a.T @ a + ridge * a.shape[0] * torch.eye(4)
-            maps.append(torch.linalg.solve(gram, a.T @ b))
-    applied = torch.stack([homog(src) @ m for m in maps])  # [W, pixels, 3]
-    return float((applied - applied.mean(0)).pow(2).mean().sqrt())
+    maps = [
+        affine_colour_map(source[:, y : y + window, x : x + window], edited[:, y : y + window, x : x + window],
+                          ridge)
+        for y in window_positions(source.shape[-2], window, stride)
+        for x in window_positions(source.shape[-1], window, stride)
+    ]
+    return map_spread(maps, source)
 
 
 def temporal_inconsistency(edited: Tensor, source: Tensor, shift: int) -> float:

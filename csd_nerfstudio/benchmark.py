@@ -32,23 +32,12 @@ import tyro
 __all__ = ["tiny_config", "speed", "profile_update", "distill_memory"]
 
 
-def tiny_config(data: Path, output: Path, iterations: int, **pipeline):
+def tiny_config(data: Path, output: Path, iterations: int, edit: Optional[Dict] = None, **pipeline):
     """csd-edit-tiny on ``data`` for ``iterations`` steps, no evaluation, one checkpoint at the end."""
-    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+    from .config import method_config
 
-    from .config import csd_edit_tiny
-
-    base = csd_edit_tiny.config
-    dm = dataclasses.replace(base.pipeline.datamanager, data=data,
-                             dataparser=NerfstudioDataParserConfig(data=data))
-    edit = pipeline.pop("edit", {})
-    return dataclasses.replace(
-        base, output_dir=output, vis="tensorboard", max_num_iterations=iterations, steps_per_eval_batch=10**9,
-        steps_per_eval_image=10**9, steps_per_eval_all_images=10**9, steps_per_save=10**9,
-        save_only_latest_checkpoint=True,
-        pipeline=dataclasses.replace(base.pipeline, datamanager=dm,
-                                     edit=dataclasses.replace(base.pipeline.edit, **edit), **pipeline),
-    )
+    settings = {**pipeline, **{f"edit.{k}": v for k, v in (edit or {}).items()}}
+    return method_config("csd-edit-tiny", data, output, iterations, settings)
 
 
 def _train_seconds(config) -> float:

@@ -49,15 +49,13 @@ class SceneEditConfig(EditConfig):
 
     image_guidance_scale: float = 1.5
     """Image classifier-free guidance scale s_I: Instruct-NeRF2NeRF's default (its official code)."""
-    t_max: int = 980
-    """Largest diffusion timestep: 0.98·T with T = 1000, Instruct-NeRF2NeRF's upper bound (official code; csd2d's
-    t_min 20 is its lower bound 0.02·T). The csd update samples its SDS timesteps in [t_min, t_max], the in2n
-    update its noise level."""
     steps: int = 20
     """csd update: CSD-Edit SGD steps per dataset update (our choice: the number of DDIM steps of one IN2N
     edit, so both updates cost about the same UNet evaluations per view)."""
     lr: float = 0.5
-    """csd update: SGD learning rate on the latents (csd2d's video setting, our measurement there)."""
+    """csd update: SGD learning rate on the latents (csd2d's video setting, our measurement there with the real
+    InstructPix2Pix; csd-edit-tiny measures its own for the embedded model). One update's edit settles at about
+    1/(1 − carry) of this many steps' edit (see --pipeline.carry)."""
     batch: int = 4
     """N, views edited together per csd update or distill step (the SVGD particles). Our CPU-sized default;
     the paper's 3D schedule (16) is the csd-edit-paper method."""
@@ -92,6 +90,17 @@ class CSDPipelineConfig(VanillaPipelineConfig):
     pretrain_steps: int = 30000
     """Steps that fit the scene to the original photos before any edit (the paper pretrains nerfacto for 30k
     steps, Appendix D). Ignored with --load-dir: a loaded scene is edited at once."""
+    carry: float = 0.5
+    """csd update: the share of the scene's current edit that an update starts from. Its latents start at
+    ``z_photo + carry·(z_render − z_photo)`` and take edit.steps CSD-Edit steps. 1 starts from the render: every
+    update adds its steps to the last, nothing bounds the sum, and the scene is destroyed (face scene at 64 px,
+    50 updates: hue −174°, 7.4 dB against the photos). 0 re-edits the photo each time and forgets what the
+    scene agreed on. In between, the edit settles near one update's edit / (1 − carry) and keeps the scene's
+    direction. 0.5: our measurement (30 chained updates of 4 face views, embedded model: the hue settles at 70°
+    and the structure PSNR stays at 24.6 dB, against 152° and 12.9 dB with carry 1)."""
+    in2n_noise_range: Tuple[float, float] = (0.02, 0.98)
+    """in2n update: the noise level is drawn uniformly in this range, as a fraction of the diffusion schedule
+    (Instruct-NeRF2NeRF's [0.02, 0.98], official code)."""
     in2n_ddim_steps: int = 20
     """in2n update: DDIM denoising steps per edit (Instruct-NeRF2NeRF's default, official code)."""
     diffusion_model: str = DEFAULT_MODEL
@@ -131,6 +140,11 @@ class CSDPipelineConfig(VanillaPipelineConfig):
         for name, value in positive.items():
             if int(value) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if not (isinstance(self.carry, (int, float)) and 0 <= self.carry <= 1):
+            raise ValueError(f"carry: expected a number in [0, 1], got {self.carry!r}")
+        lo, hi = self.in2n_noise_range
+        if not 0 <= lo <= hi < 1:
+            raise ValueError(f"in2n_noise_range: expected 0 <= low <= high < 1, got {tuple(self.in2n_noise_range)!r}")
         if self.pretrain_steps < 0:
             raise ValueError(f"pretrain_steps: expected a non-negative integer, got {self.pretrain_steps!r}")
         if self.patch_size is not None and self.patch_size < 1:
@@ -324,8 +338,12 @@ class CSDPipeline(VanillaPipeline):
         A pure function of the job, the options and the update's seed: the same on any thread or device."""
         gen = self._generator(job.update)
         if self.config.update == "in2n":
-            return in2n_update(self.guidance, job, self.config.edit, self.text_emb, gen, self.config.in2n_ddim_steps)
-        return csd_update(self.guidance, job, self.config.edit, self.text_emb, self.source_emb, gen)
+            num = len(self.guidance.alphas_cumprod)
+            lo, hi = (round(f * num) for f in self.config.in2n_noise_range)
+            return in2n_update(self.guidance, job, self.config.edit, self.text_emb, gen, self.config.in2n_ddim_steps,
+                               t_range=(lo, min(hi, num - 1)))
+        return csd_update(self.guidance, job, self.config.edit, self.text_emb, self.source_emb, gen,
+                          carry=self.config.carry)
 
     def apply_job(self, job: EditJob, edited: Tensor) -> None:
         """Write edited views back into the training set at full resolution."""

@@ -47,28 +47,32 @@ def _decode(g: IP2PGuidance, latents: Tensor, cfg: EditConfig) -> Tensor:
 
 
 def csd_update(g: IP2PGuidance, job: EditJob, cfg: EditConfig, text_emb: Tensor, source_emb: Tensor,
-               generator: torch.Generator) -> Tensor:
-    """CSD-Edit the job's renders jointly (``cfg.steps`` SGD steps); edited images ``[N, 3, h, w]`` (CPU)."""
+               generator: torch.Generator, carry: float) -> Tensor:
+    """CSD-Edit the job's views jointly; edited images ``[N, 3, h, w]`` (CPU).
+
+    The latents start at ``z_photo + carry·(z_render − z_photo)`` (a share of the scene's current edit) and take
+    ``cfg.steps`` SGD steps. With ``carry < 1`` repeated updates settle instead of adding up."""
     n = len(job.indices)
-    source, target = _latents(g, job, cfg)
+    source, render = _latents(g, job, cfg)
+    target = torch.lerp(source, render, carry)
     with torch.no_grad():
         optimize_latents(g, target, source, text_emb.float().expand(n, -1, -1),
                          source_emb.float().expand(n, -1, -1), cfg, generator=generator)
     return _decode(g, target, cfg)
 
 
-def in2n_timestep(cfg: EditConfig, generator: torch.Generator) -> int:
-    """IN2N's noise level: an integer timestep uniform in ``[t_min, t_max]`` (IN2N: ``[0.02, 0.98]·T``)."""
-    return int(torch.randint(cfg.t_min, cfg.t_max + 1, (1,), generator=generator))
+def in2n_timestep(t_range: Tuple[int, int], generator: torch.Generator) -> int:
+    """IN2N's noise level: an integer timestep uniform in ``t_range`` (IN2N: ``[0.02, 0.98]·T``), inclusive."""
+    return int(torch.randint(t_range[0], t_range[1] + 1, (1,), generator=generator))
 
 
 def in2n_update(g: IP2PGuidance, job: EditJob, cfg: EditConfig, text_emb: Tensor, generator: torch.Generator,
-                ddim_steps: int) -> Tensor:
-    """IN2N's edit of the job's renders: noise to ``t ~ U[t_min, t_max]``, denoise with ``ddim_steps`` DDIM steps
+                ddim_steps: int, t_range: Tuple[int, int]) -> Tensor:
+    """IN2N's edit of the job's renders: noise to ``t ~ U[t_range]``, denoise with ``ddim_steps`` DDIM steps
     of the three-way guidance conditioned on the original photos; edited images ``[N, 3, h, w]`` (CPU)."""
     n = len(job.indices)
     source, target = _latents(g, job, cfg)
-    t = in2n_timestep(cfg, generator)
+    t = in2n_timestep(t_range, generator)
     edited = ddim_edit(g, target, source, text_emb.float().expand(n, -1, -1), t_start=t, steps=ddim_steps,
                        guidance_scale=cfg.guidance_scale, image_guidance_scale=cfg.image_guidance_scale,
                        generator=generator, max_batch=cfg.max_batch)

@@ -39,6 +39,10 @@ def test_pipeline_config_is_validated_when_built(sphere_scene, tiny_model_dir, t
         CSDPipelineConfig(update="in2n", mode="distill")
     with pytest.raises(ValueError, match=r"^--pipeline.pretrain-steps: expected a non-negative"):
         CSDPipelineConfig(pretrain_steps=-1)
+    with pytest.raises(ValueError, match=r"^--pipeline.carry: expected a number in \[0, 1\], got 1.5"):
+        CSDPipelineConfig(carry=1.5)
+    with pytest.raises(ValueError, match=r"^--pipeline.in2n-noise-range: expected 0 <= low <= high < 1"):
+        CSDPipelineConfig(in2n_noise_range=(0.5, 0.2))
     with pytest.raises(ValueError, match=r"^--pipeline.distill-loss-mult: expected a finite"):
         CSDPipelineConfig(distill_loss_mult=math.nan)
     with pytest.raises(ValueError, match=r"^--pipeline.edit.lr: expected a finite number, got nan"):
@@ -124,9 +128,41 @@ def test_ddim_step_recovers_the_clean_sample_from_the_true_noise():
     assert ddim_timesteps(980, 20).tolist()[:2] == [980, 931] and ddim_timesteps(980, 20)[-1] == 49
 
 
-def _in2n(scene, model_dir, tmp_path, seed=0):
+def _in2n(scene, model_dir, tmp_path, seed=0, **pipeline):
     return make_pipeline(fast_config(scene, model_dir, tmp_path, update="in2n", in2n_ddim_steps=3,
-                                     edit={"seed": seed}))
+                                     edit={"seed": seed}, **pipeline))
+
+
+def test_in2n_noise_level_comes_from_its_own_range_not_the_csd_timesteps(sphere_scene, tiny_model_dir, tmp_path,
+                                                                        monkeypatch):
+    """IN2N noises to U[0.02, 0.98]·T (its own setting); csd's SDS timesteps stay csd2d's [t_min, t_max]."""
+    import csd_nerfstudio.updates as updates
+
+    starts = []
+    real = updates.ddim_edit
+    monkeypatch.setattr(updates, "ddim_edit", lambda *a, **k: starts.append(k["t_start"]) or real(*a, **k))
+    pipeline = _in2n(sphere_scene, tiny_model_dir, tmp_path, in2n_noise_range=(0.7, 0.7))
+    pipeline.run_job(pipeline.make_job(0))
+    assert starts == [700]
+    assert CSDPipelineConfig().in2n_noise_range == (0.02, 0.98)
+    assert SceneEditConfig().t_max == EditConfig().t_max  # not IN2N's 980: SDS at high t over-edits (issue 11)
+
+
+def test_csd_update_starts_from_a_share_of_the_render(sphere_scene, tiny_model_dir, tmp_path, monkeypatch):
+    """carry 0 edits the photos afresh (the render does not matter), carry 1 starts from the render."""
+    import csd_nerfstudio.updates as updates
+
+    starts = []
+    real = updates.optimize_latents
+    monkeypatch.setattr(updates, "optimize_latents",
+                        lambda g, target, *a, **k: starts.append(target.clone()) or real(g, target, *a, **k))
+    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path))
+    job = pipeline.make_job(0)
+    source, render = updates._latents(pipeline.guidance, job, pipeline.config.edit)
+    for carry in (0.0, 0.5, 1.0):
+        pipeline.config.carry = carry
+        pipeline.run_job(job)
+        assert torch.allclose(starts[-1], source + carry * (render - source), atol=1e-5), carry
 
 
 def test_in2n_changes_one_view_per_update_cycling_through_the_dataset(sphere_scene, tiny_model_dir, tmp_path):

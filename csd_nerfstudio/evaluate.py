@@ -1,0 +1,481 @@
+"""A controlled 3D comparison: CSD's dataset update against IN2N's update and independent editing.
+
+::
+
+    python -m csd_nerfstudio.evaluate --data SCENE --prompt "recolor it" --model embedded \\
+        --arms csd in2n independent --seeds 0 1 2 --output DIR [--load-dir BASE] [--method csd-edit-tiny]
+
+One base scene is fitted once to the photos (or taken from ``--load-dir``); every arm starts from that checkpoint
+and edits for ``--iterations`` steps. Each arm runs in its own process: a crashed arm is reported and the others
+still land, and each arm's peak memory is its own. For each arm the script renders every training camera and a
+smooth camera path through them, then writes:
+
+- ``report.json`` and ``report.md``: the metrics per arm and seed, their means and the ratios of CSD to the
+  baselines (written atomically);
+- ``path.gif``: the camera path side by side (original scene | in2n | independent | csd | other arms);
+- ``contact_seed{S}.png``: training views (columns) of the photos, the original scene and every arm (rows).
+
+Metrics (:func:`view_metrics`; renders and photos at the edit resolution, in [0, 1]):
+
+- **inconsistency**: the cross-view spread of the edit's colour map. For each training view fit the affine
+  colour map photo → render (:func:`csd2d.metrics.affine_colour_map`); apply every view's map to the same pixels
+  (all photos) and take the RMS deviation from their mean (:func:`csd2d.metrics.map_spread`). Content-independent,
+  like the panorama's colour-map spread: a scene edited the same way in every view scores ≈ 0.
+- **strength**: :func:`csd2d.tiny.edits.edit_strength` of the renders against the photos (hue shift in degrees for
+  ``recolor it``, relative luma drop for ``make it night``, mean absolute change otherwise).
+- **inconsistency_per_strength**: inconsistency ÷ strength (arms are compared per unit of strength, not at a
+  matched strength).
+- **fit_psnr**: PSNR of the renders against the arm's own final training images (a scene cannot fit edits that
+  disagree).
+- **structure_psnr**: PSNR of each render against its photo passed through that view's colour map, i.e. what
+  is left after removing the colour edit. Compare it with the original scene's figure: a scene whose content
+  was destroyed scores far lower. It measures colour edits (recolor, night); for edits that change shapes it
+  only says how far the render is from a recoloured photo.
+- **psnr_to_photos**: PSNR of the renders against the photos.
+- **clip_***: the paper's CLIP metrics (:func:`csd2d.paper_metrics.evaluate_frames` over the training views in
+  camera order) when ``--clip-model`` is given; absent otherwise.
+- **cost**: wall seconds of editing, UNet samples evaluated (one three-way guidance of one image counts 3) and
+  the arm process's peak memory (RSS, and CUDA max allocated on a GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import tyro
+from PIL import Image, ImageDraw
+
+from .config import METHODS, method_config
+
+__all__ = ["ARMS", "EvalArgs", "view_metrics", "run_eval"]
+
+ARMS: Dict[str, Dict] = {
+    "csd": {"update": "csd"},
+    "in2n": {"update": "in2n"},
+    "independent": {"update": "csd", "edit.coupling": False},
+    "csd-random-views": {"update": "csd", "view_selection": "random"},
+    "csd-carry-1": {"update": "csd", "carry": 1.0},
+}
+"""Arms: pipeline settings on top of the method's. ``independent`` is the csd update with the kernel off (the same
+views and UNet evaluations); ``csd-random-views`` draws the views at random as the paper's 3D schedule does;
+``csd-carry-1`` is the update before it was bounded (each update starts from the render)."""
+
+GIF_ORDER = ("in2n", "independent", "csd")
+
+
+def _parse_value(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_overrides(items: Sequence[str]) -> Dict:
+    """``["edit.lr=0.1", "carry=0.5"]`` → ``{"edit.lr": 0.1, "carry": 0.5}`` (numbers and booleans parsed)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set: expected KEY=VALUE (e.g. edit.lr=0.1 or carry=0.5), got {item!r}")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ one arm
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _render_all(pipe, max_side: int, path_frames: int) -> Dict[str, np.ndarray]:
+    """Training views, their photos and current training images at the edit resolution, and a camera path."""
+    from nerfstudio.cameras.camera_paths import get_interpolated_camera_path
+
+    from .views import render_view, resize, view_camera
+
+    cams = pipe.datamanager.train_dataset.cameras
+    n = cams.shape[0]
+    views, photos, train = [], [], []
+    pipe.model.eval()
+    with torch.no_grad():
+        for i in range(n):
+            cam = view_camera(cams, i, max_side, pipe.device)
+            rgb = render_view(pipe.model, cam, i)[None]
+            size = tuple(rgb.shape[-2:])
+            views.append(rgb.cpu())
+            photos.append(resize(pipe.images.original(i).permute(2, 0, 1)[None], size))
+            train.append(resize(pipe.images.get(i).permute(2, 0, 1)[None], size))
+        steps = max(1, math.ceil(path_frames / max(n - 1, 1)))
+        path_cams = get_interpolated_camera_path(cams, steps=steps, order_poses=False)
+        pick = np.linspace(0, path_cams.shape[0] - 1, min(path_frames, path_cams.shape[0])).round().astype(int)
+        path = [render_view(pipe.model, view_camera(path_cams, int(j), max_side, pipe.device), 0)[None].cpu()
+                for j in pick]
+    return {"views": _to_uint8(torch.cat(views)), "photos": _to_uint8(torch.cat(photos)),
+            "train": _to_uint8(torch.cat(train)), "path": _to_uint8(torch.cat(path))}
+
+
+def _count_unet(guidance) -> Dict[str, int]:
+    counter = {"samples": 0}
+    original = guidance.unet.forward
+
+    def forward(sample, *args, **kwargs):
+        counter["samples"] += int(sample.shape[0])
+        return original(sample, *args, **kwargs)
+
+    guidance.unet.forward = forward
+    return counter
+
+
+def run_arm(spec: Dict) -> None:
+    """Train one arm (or fit the base when ``spec["arm"] == "base"``), render it and write ``renders.npz`` and
+    ``cost.json`` into ``spec["dir"]`` (atomically; ``cost.json`` last)."""
+    from nerfstudio.engine.trainer import Trainer
+
+    out = Path(spec["dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(spec["seed"])
+    settings = dict(spec["settings"])
+    settings["edit.seed"] = spec["seed"]
+    if spec["arm"] == "base":
+        settings["pretrain_steps"] = spec["iterations"] + 1  # fit only: no edit before the end
+    config = method_config(spec["method"], Path(spec["data"]), out / "run", spec["iterations"], settings)
+    config.machine = dataclasses.replace(config.machine, seed=spec["seed"])
+    if spec.get("load_dir"):
+        config.load_dir = Path(spec["load_dir"])
+    trainer: Trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    pipe = trainer.pipeline
+    counter = _count_unet(pipe.guidance) if pipe.guidance is not None else {"samples": 0}
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    if spec["iterations"] > 0:
+        trainer.train()
+    seconds = time.perf_counter() - start
+    pipe.close()
+    renders = _render_all(pipe, config.pipeline.render_max_side, spec["path_frames"])
+    tmp = out / "renders.tmp.npz"
+    np.savez_compressed(tmp, **renders)
+    tmp.replace(out / "renders.npz")
+    cost = {"seconds": seconds, "iterations": spec["iterations"], "unet_samples": counter["samples"],
+            "updates": len(pipe.edited_views), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "checkpoint_dir": str(config.get_checkpoint_dir())}
+    if torch.cuda.is_available():
+        cost["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    _write_atomic(out / "cost.json", json.dumps(cost, indent=1))
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a.float() - b.float()).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+    return float((-10 * torch.log10(mse)).mean())
+
+
+def _float(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+def view_metrics(views: torch.Tensor, photos: torch.Tensor, train: torch.Tensor, prompt: str) -> Dict[str, float]:
+    """The module's metrics for renders ``views``, ``photos`` and final training images ``train`` (``[V, 3, h, w]``
+    in [0, 1], training views in camera order)."""
+    from csd2d.metrics import affine_colour_map, apply_colour_map, map_spread
+    from csd2d.tiny.edits import edit_strength
+
+    maps = [affine_colour_map(p, v) for p, v in zip(photos, views)]
+    pool = photos.permute(1, 0, 2, 3).reshape(3, -1)
+    inconsistency = map_spread(maps, pool)
+    strength = edit_strength(views, photos, prompt)
+    mapped = torch.stack([apply_colour_map(p, m) for p, m in zip(photos, maps)])
+    return {
+        "inconsistency": inconsistency,
+        "strength": strength,
+        "inconsistency_per_strength": inconsistency / max(abs(strength), 1e-8),
+        "fit_psnr": _psnr(views, train),
+        "structure_psnr": _psnr(views, mapped),
+        "psnr_to_photos": _psnr(views, photos),
+    }
+
+
+def _clip_metrics(clip, views: torch.Tensor, photos: torch.Tensor, captions) -> Dict[str, float]:
+    from csd2d.paper_metrics import evaluate_frames
+
+    kwargs = {}
+    if captions:
+        kwargs = {"source_caption": captions[0], "target_caption": captions[1]}
+    result = evaluate_frames(photos, views, clip=clip, **kwargs)
+    return {f"clip_{k}" if not k.startswith("clip") else k: v for k, v in result["metrics"].items()}
+
+
+# ------------------------------------------------------------------------------------------------ report
+@dataclasses.dataclass
+class EvalArgs:
+    """Compare CSD's 3D update with IN2N's update and independent editing on one scene."""
+
+    data: Path
+    """The scene (nerfstudio format: transforms.json + images)."""
+    output: Path
+    """Folder for the report, GIF, contact sheets and each arm's renders."""
+    prompt: str = "recolor it"
+    """The edit instruction."""
+    model: str = "embedded"
+    """InstructPix2Pix model (hub id, local folder or "embedded"); --pipeline.diffusion-model."""
+    arms: List[str] = dataclasses.field(default_factory=lambda: ["csd", "in2n", "independent"])
+    """Arms to run (see ARMS): csd, in2n, independent, csd-random-views, csd-carry-1."""
+    seeds: List[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    """Seeds: each arm runs once per seed (edit.seed and the machine seed)."""
+    method: str = "csd-edit-tiny"
+    """The ns-train method whose settings every arm uses."""
+    load_dir: Optional[Path] = None
+    """A fitted base scene (its nerfstudio_models folder); None fits one for --pretrain-steps first."""
+    pretrain_steps: Optional[int] = None
+    """Steps that fit the base scene; None: the method's --pipeline.pretrain-steps."""
+    iterations: Optional[int] = None
+    """Editing steps per arm; None: the method's editing steps (max-num-iterations − pretrain-steps)."""
+    set: List[str] = dataclasses.field(default_factory=list)
+    """Pipeline settings for every arm, KEY=VALUE (e.g. edit.lr=0.1 carry=0.5 edit-rate=10)."""
+    path_frames: int = 36
+    """Frames of the rendered camera path (the GIF)."""
+    clip_model: Optional[str] = None
+    """A CLIP model (local folder, hub id or open_clip:ARCH) for the paper's CLIP metrics; None skips them."""
+    captions: Optional[List[str]] = None
+    """Source and target captions for the CLIP directional similarity (two strings)."""
+    reuse: bool = False
+    """Keep arms (and the base) that already finished in --output instead of running them again."""
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _run_child(spec: Dict, log: Path) -> Optional[str]:
+    """Run one arm in a fresh process; None on success, else the end of its output."""
+    spec_path = Path(spec["dir"]) / "spec.json"
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps(spec, indent=1))
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "csd_nerfstudio.evaluate", "_arm", str(spec_path)],
+                              stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode == 0 and (Path(spec["dir"]) / "cost.json").exists():
+        return None
+    return f"exit {proc.returncode}: " + log.read_text()[-1500:]
+
+
+def _label(image: Image.Image, text: str) -> Image.Image:
+    out = Image.new("RGB", (image.width, image.height + 12), "white")
+    out.paste(image, (0, 12))
+    ImageDraw.Draw(out).text((2, 0), text, fill="black")
+    return out
+
+
+def _upscale(frame: np.ndarray, scale: int) -> Image.Image:
+    img = Image.fromarray(frame)
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+def write_gif(path: Path, columns: Dict[str, np.ndarray], scale: int = 3) -> None:
+    """Side-by-side GIF of camera-path frames, one labelled column per entry of ``columns``."""
+    n = min(len(v) for v in columns.values())
+    frames = []
+    for k in range(n):
+        tiles = [_label(_upscale(v[k], scale), name) for name, v in columns.items()]
+        sheet = Image.new("RGB", (sum(t.width for t in tiles), tiles[0].height), "white")
+        x = 0
+        for t in tiles:
+            sheet.paste(t, (x, 0))
+            x += t.width
+        frames.append(sheet)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.gif")
+    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=120, loop=0)
+    tmp.replace(path)
+
+
+def write_contact_sheet(path: Path, rows: Dict[str, np.ndarray], columns: int = 8, scale: int = 2) -> None:
+    """A PNG with one labelled row per entry of ``rows`` and ``columns`` training views spread over the scene."""
+    n = min(len(v) for v in rows.values())
+    pick = np.linspace(0, n - 1, min(columns, n)).round().astype(int)
+    strips = []
+    for name, images in rows.items():
+        tiles = [_upscale(images[i], scale) for i in pick]
+        strip = Image.new("RGB", (sum(t.width for t in tiles), tiles[0].height), "white")
+        for k, t in enumerate(tiles):
+            strip.paste(t, (k * t.width, 0))
+        strips.append(_label(strip, name))
+    sheet = Image.new("RGB", (strips[0].width, sum(s.height for s in strips)), "white")
+    y = 0
+    for s in strips:
+        sheet.paste(s, (0, y))
+        y += s.height
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.png")
+    sheet.save(tmp)
+    tmp.replace(path)
+
+
+def _mean(entries: List[Dict]) -> Dict[str, float]:
+    keys = [k for k in entries[0] if isinstance(entries[0][k], (int, float))]
+    return {k: float(np.mean([e[k] for e in entries])) for k in keys}
+
+
+def _markdown(report: Dict) -> str:
+    cols = ["inconsistency", "strength", "inconsistency_per_strength", "fit_psnr", "structure_psnr",
+            "psnr_to_photos", "seconds", "unet_samples", "peak_rss_mib"]
+    lines = [f"# 3D edit evaluation: {report['prompt']!r} on {report['data']}", "",
+             f"Command: `{report['command']}`", "",
+             f"Method {report['method']}, seeds {report['seeds']}, {report['iterations']} editing steps per arm "
+             "from one base scene. Means over seeds; the arms are compared per unit of edit strength "
+             "(inconsistency_per_strength), not at a matched strength.", "",
+             "| arm | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    rows = {"original scene": report["base"].get("metrics", {})}
+    rows.update({arm: entry.get("mean", {}) for arm, entry in report["arms"].items()})
+    for name, m in rows.items():
+        cells = [f"{m[c]:.4g}" if c in m else "–" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if report["ratios"]:
+        lines += ["", "Ratios of CSD to the baselines (mean over seeds):", ""]
+        lines += [f"- {k}: {v:.3f}" for k, v in report["ratios"].items()]
+    failed = {f"{arm} seed {s}": e["error"] for arm, entry in report["arms"].items()
+              for s, e in entry["seeds"].items() if "error" in e}
+    if failed:
+        lines += ["", "Failed runs:", ""] + [f"- {k}: `{v.splitlines()[-1] if v else ''}`" for k, v in failed.items()]
+    lines += ["", "Metrics are defined in `csd_nerfstudio/evaluate.py`."]
+    return "\n".join(lines) + "\n"
+
+
+def run_eval(args: EvalArgs) -> Dict:
+    """Run the comparison and write the report; returns the report."""
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        raise ValueError(f"--arms: expected names from {sorted(ARMS)}, got {unknown}")
+    if not (args.data / "transforms.json").is_file():
+        raise ValueError(f"--data: expected a nerfstudio scene folder with transforms.json, got {str(args.data)!r}")
+    if args.captions is not None and len(args.captions) != 2:
+        raise ValueError(f"--captions: expected two captions (source, target), got {len(args.captions)}")
+    settings = {"prompt": args.prompt, "diffusion_model": args.model, **parse_overrides(args.set)}
+    base_cfg = method_config(args.method, args.data, args.output, 1, settings)  # validates method and settings
+    pretrain = base_cfg.pipeline.pretrain_steps if args.pretrain_steps is None else args.pretrain_steps
+    iterations = args.iterations
+    if iterations is None:
+        iterations = METHODS[args.method].config.max_num_iterations - METHODS[args.method].config.pipeline.pretrain_steps
+    args.output.mkdir(parents=True, exist_ok=True)
+    common = {"method": args.method, "data": str(args.data.resolve()), "path_frames": args.path_frames}
+
+    def done(d: Path) -> bool:
+        return args.reuse and (d / "cost.json").exists() and (d / "renders.npz").exists()
+
+    # The base scene: fitted once (or loaded), rendered once.
+    base_dir = args.output / "base"
+    base_spec = {**common, "arm": "base", "seed": args.seeds[0], "dir": str(base_dir), "settings": settings,
+                 "iterations": 0 if args.load_dir else pretrain,
+                 "load_dir": str(args.load_dir) if args.load_dir else None}
+    report: Dict = {"command": "python -m csd_nerfstudio.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "data": str(args.data),
+                    "prompt": args.prompt, "method": args.method, "seeds": args.seeds, "iterations": iterations,
+                    "settings": settings, "base": {}, "arms": {}, "ratios": {}}
+    error = None if done(base_dir) else _run_child(base_spec, args.output / "base.log")
+    if error is not None:
+        report["base"] = {"error": error}
+        _finish(args, report)
+        raise RuntimeError(f"fitting the base scene failed; see {args.output / 'base.log'}:\n{error}")
+    base_cost = json.loads((base_dir / "cost.json").read_text())
+    load_dir = str(args.load_dir) if args.load_dir else base_cost["checkpoint_dir"]
+    base = dict(np.load(base_dir / "renders.npz"))
+    report["base"] = {"cost": base_cost, "load_dir": load_dir,
+                      "metrics": view_metrics(_float(base["views"]), _float(base["photos"]), _float(base["train"]),
+                                              args.prompt)}
+    clip = None
+    if args.clip_model:
+        from csd2d.paper_metrics import ClipScorer
+
+        clip = ClipScorer.from_pretrained(args.clip_model, arg_name="--clip-model")
+    renders: Dict[str, Dict[int, Dict[str, np.ndarray]]] = {}
+    for arm in args.arms:
+        entry = report["arms"].setdefault(arm, {"settings": ARMS[arm], "seeds": {}})
+        for seed in args.seeds:
+            d = args.output / "arms" / f"{arm}-seed{seed}"
+            spec = {**common, "arm": arm, "seed": seed, "dir": str(d), "iterations": iterations,
+                    "settings": {**settings, **ARMS[arm]}, "load_dir": load_dir}
+            error = None if done(d) else _run_child(spec, args.output / "arms" / f"{arm}-seed{seed}.log")
+            if error is not None:
+                entry["seeds"][seed] = {"error": error}
+                print(f"[evaluate] {arm} seed {seed} failed (reported; the other arms go on)", flush=True)
+                continue
+            r = dict(np.load(d / "renders.npz"))
+            renders.setdefault(arm, {})[seed] = r
+            views, photos = _float(r["views"]), _float(r["photos"])
+            metrics = view_metrics(views, photos, _float(r["train"]), args.prompt)
+            if clip is not None:
+                metrics.update(_clip_metrics(clip, views, photos, args.captions))
+            metrics.update({k: v for k, v in json.loads((d / "cost.json").read_text()).items()
+                            if isinstance(v, (int, float))})
+            entry["seeds"][seed] = metrics
+            print(f"[evaluate] {arm} seed {seed}: " + ", ".join(
+                f"{k} {metrics[k]:.4g}" for k in ("inconsistency", "strength", "structure_psnr", "seconds")),
+                flush=True)
+        ok = [m for m in entry["seeds"].values() if "error" not in m]
+        if ok:
+            entry["mean"] = _mean(ok)
+    means = {arm: e["mean"] for arm, e in report["arms"].items() if "mean" in e}
+    if "csd" in means:
+        for other in ("in2n", "independent"):
+            if other in means:
+                for key in ("inconsistency", "inconsistency_per_strength"):
+                    report["ratios"][f"{key} csd / {other}"] = means["csd"][key] / max(means[other][key], 1e-12)
+    # Pictures for people: the first seed that every drawn arm finished.
+    seed = next((s for s in args.seeds if all(s in renders.get(a, {}) for a in renders)), None)
+    if seed is not None and renders:
+        order = [a for a in GIF_ORDER if a in renders] + [a for a in renders if a not in GIF_ORDER]
+        write_gif(args.output / "path.gif", {"original": base["path"], **{a: renders[a][seed]["path"] for a in order}})
+        for s in args.seeds:
+            rows = {"photos": base["photos"], "original scene": base["views"],
+                    **{a: renders[a][s]["views"] for a in order if s in renders[a]}}
+            write_contact_sheet(args.output / f"contact_seed{s}.png", rows)
+        report["pictures"] = {"gif": "path.gif", "gif_seed": seed,
+                              "contact_sheets": [f"contact_seed{s}.png" for s in args.seeds]}
+    _finish(args, report)
+    return report
+
+
+def _finish(args: EvalArgs, report: Dict) -> None:
+    _write_atomic(args.output / "report.json", json.dumps(report, indent=1, default=str))
+    if report.get("base", {}).get("metrics") is not None:
+        _write_atomic(args.output / "report.md", _markdown(report))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_arm"]:  # internal: one arm in its own process
+        try:
+            run_arm(json.loads(Path(argv[1]).read_text()))
+        except Exception:
+            traceback.print_exc()
+            return 1
+        return 0
+    args = tyro.cli(EvalArgs, args=argv)
+    try:
+        report = run_eval(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print((args.output / "report.md").read_text())
+    return 0 if report["arms"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""3D evidence: the bounded csd update, the evaluation's metrics, and `python -m csd_nerfstudio.evaluate`."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import shared_data
+from test_nerfstudio import sphere_scene  # noqa: F401 (fixture)
+
+from csd2d import IP2PGuidance
+from csd2d.metrics import affine_colour_map, apply_colour_map
+from csd2d.tiny.edits import edit_strength, hue_rotate
+from csd_nerfstudio import evaluate
+from csd_nerfstudio.config import csd_edit_tiny
+from csd_nerfstudio.evaluate import view_metrics
+from csd_nerfstudio.updates import EditJob, csd_update
+
+
+def _face_photos(n: int) -> torch.Tensor:
+    paths = sorted((shared_data("face") / "images").glob("*"))[:: 65 // n][:n]
+    return torch.stack([
+        torch.from_numpy(np.array(Image.open(p).convert("RGB").resize((64, 64), Image.BICUBIC))).permute(2, 0, 1)
+        for p in paths
+    ]).float() / 255
+
+
+def _structure_psnr(edited: torch.Tensor, photos: torch.Tensor) -> float:
+    return view_metrics(edited, photos, edited, "recolor it")["structure_psnr"]
+
+
+# ------------------------------------------------------------------------------------------- the bounded update
+@pytest.fixture(scope="module")
+def embedded():
+    return IP2PGuidance.from_pretrained("embedded")
+
+
+def _chain(g, photos, carry, updates):
+    """``updates`` csd updates of csd-edit-tiny, each starting from the previous result (the scene's render)."""
+    cfg = csd_edit_tiny.config.pipeline.edit
+    text, source = g.encode_prompt(["recolor it"]), g.encode_prompt([""])
+    current = photos
+    for u in range(updates):
+        job = EditJob(u, list(range(len(photos))), current, photos, [tuple(photos.shape[-2:])] * len(photos))
+        current = csd_update(g, job, cfg, text, source, torch.Generator().manual_seed(u), carry=carry)
+    return current
+
+
+@pytest.mark.slow
+def test_repeated_csd_updates_settle_and_keep_the_scene(embedded):
+    """The destroyed scene: updates that each start from the render add up without bound (carry 1). With the
+    default carry the edit settles, the face survives, and the hue stays near the instruction's range."""
+    photos = _face_photos(2)
+    carry = csd_edit_tiny.config.pipeline.carry
+    assert 0 < carry < 1
+    bounded = _chain(embedded, photos, carry, updates=8)
+    unbounded = _chain(embedded, photos, 1.0, updates=8)
+    kept, destroyed = _structure_psnr(bounded, photos), _structure_psnr(unbounded, photos)
+    hue = edit_strength(bounded, photos, "recolor it")
+    assert kept > 22.0, kept
+    assert kept > destroyed + 4.0, (kept, destroyed)
+    assert 40.0 < hue < 130.0, hue
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def test_view_metrics_rank_consistent_edits_and_catch_destroyed_scenes():
+    photos = _face_photos(6)
+    same = hue_rotate(photos, torch.full((6,), math.radians(80)))
+    signs = torch.tensor([1.0, -1, 1, -1, 1, -1])
+    mixed = hue_rotate(photos, signs * math.radians(80))
+    blobs = torch.nn.functional.interpolate(torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(0)),
+                                            size=(64, 64), mode="bilinear")
+    m_same, m_mixed = view_metrics(same, photos, same, "recolor it"), view_metrics(mixed, photos, same, "recolor it")
+    m_blobs = view_metrics(blobs, photos, blobs, "recolor it")
+    assert m_same["inconsistency"] < 0.2 * m_mixed["inconsistency"]
+    assert abs(m_same["strength"] - 80) < 15 and abs(m_mixed["strength"] - 80) < 15
+    assert m_same["structure_psnr"] > 30 and m_blobs["structure_psnr"] < m_same["structure_psnr"] - 10
+    assert m_same["fit_psnr"] > 60 and m_mixed["fit_psnr"] < m_same["fit_psnr"] - 30  # renders vs training images
+    colour_map = affine_colour_map(photos[0], same[0])
+    assert torch.allclose(apply_colour_map(photos[0], colour_map), same[0], atol=0.08)
+
+
+def test_overrides_parse_and_bad_ones_are_named():
+    assert evaluate.parse_overrides(["edit.lr=0.1", "carry=0.5", "edit.coupling=false", "update=in2n"]) == {
+        "edit.lr": 0.1, "carry": 0.5, "edit.coupling": False, "update": "in2n"}
+    with pytest.raises(ValueError, match="--set: expected KEY=VALUE"):
+        evaluate.parse_overrides(["carry"])
+
+
+# ------------------------------------------------------------------------------------------- the command
+@pytest.mark.slow
+def test_evaluate_writes_report_pictures_and_survives_a_crashed_arm(sphere_scene, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setitem(evaluate.ARMS, "broken", {"edit.lr": -1.0})
+    out = tmp_path / "eval"
+    args = evaluate.EvalArgs(data=sphere_scene, output=out, arms=["csd", "broken", "independent"], seeds=[0],
+                             pretrain_steps=20, iterations=4, path_frames=6,
+                             set=["edit-rate=2", "edit.steps=3", "edit.batch=3"])
+    report = evaluate.run_eval(args)
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["arms"]["broken"]["seeds"]["0"]["error"].count("lr") >= 1
+    for arm in ("csd", "independent"):
+        metrics = saved["arms"][arm]["seeds"]["0"]
+        assert metrics["updates"] == 2 and metrics["unet_samples"] > 0 and metrics["strength"] > 0
+    assert "inconsistency csd / independent" in report["ratios"]
+    gif = Image.open(out / "path.gif")
+    assert gif.n_frames == 6 and gif.width > 3 * gif.height  # original | independent | csd side by side
+    sheet = Image.open(out / "contact_seed0.png")
+    assert sheet.height > 4 * 32  # photos, original scene and two arms
+    assert "| csd |" in (out / "report.md").read_text()
+    assert not list(out.glob(".*tmp*"))
