@@ -203,6 +203,24 @@ def _device_dtype(args):
     return device, getattr(torch, dtype)
 
 
+def _join_ranks(device):
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the process group (NCCL on CUDA, gloo on CPU) and give each
+    rank its own GPU (``cuda:LOCAL_RANK``); returns ``(rank, device)``, or ``(None, device)`` in one process."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+        torch.cuda.set_device(device)
+    return dist.get_rank(), device
+
+
 def _preview(before: List, after: List, path: Path) -> Path:
     """A before (top) / after (bottom) strip of up to 3 images, written atomically."""
     from PIL import Image
@@ -273,16 +291,25 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
     if isinstance(args, VideoArgs):
         frames, fps = load_video(args.input, "input")
     device, dtype = _device_dtype(args)
+    rank, device = _join_ranks(device)
     editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model",
                                        consistency_decoder=args.consistency_decoder,
                                        consistency_decoder_arg="--consistency-decoder", **args.memory_kwargs())
+    if rank is not None:
+        from .distributed import ShardedGuidance
+
+        editor = CSDEditor(ShardedGuidance(editor.guidance))
     if isinstance(args, PanoramaArgs):
         prompts = [args.prompt] if args.prompt is not None else list(args.prompts)
         out = editor.edit_panorama(image, prompts=prompts, config=args.config, progress=args.progress)
+        if rank:  # every rank holds the same result; rank 0 writes it
+            return args.output
         save_image(out, args.output, exif=image.info.get("exif"))
         before, after = [image], [out]
     else:
         edited = editor.edit_video(frames, args.prompt, config=args.config, progress=args.progress)
+        if rank:
+            return args.output
         save_video(edited, args.output, fps, allow_foreign=args.overwrite_foreign_folder)
         before, after = frames, edited
     if args.preview:

@@ -123,7 +123,6 @@ def write_textured_scene(root: Path, views: int = 40, size: int = 64, seed: int 
     (root / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     tile_hues = rng.random((8, 8))
-    tile_hues = np.zeros_like(tile_hues)
     wall_hue, sphere_spin, cube_yaw = rng.random(), rng.uniform(0, 2 * math.pi), rng.uniform(0, math.pi / 2)
 
     floor_z, wall_r, wall_top, tile = -0.5, 5.0, 1.5, 0.5

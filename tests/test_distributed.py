@@ -78,3 +78,30 @@ def test_two_gloo_ranks_match_one_process(tiny_model_dir, guidance, tmp_path):
         # 8-bit frames: equal up to a rounding flip where a value sits on a .5 boundary
         assert (got["video"] - single["video"]).abs().max() <= 1.0
         assert (got["video"] != single["video"]).float().mean() < 1e-3
+
+
+@pytest.mark.slow
+def test_torchrun_cli_writes_the_single_process_video(tiny_model_dir, tmp_path):
+    """`torchrun --nproc-per-node 2 -m csd2d video ...` (gloo on CPU): rank 0 writes the same frames as one process."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, frame in enumerate(synthetic_video(5, size=(16, 16))):
+        frame.save(frames / f"{i:03d}.png")
+    flags = ["video", str(frames), "--prompt", "make it red", "--model", str(tiny_model_dir), "--steps", "2",
+             "--batch", "6", "--overlap", "2", "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "csd2d", *flags, "--output", str(tmp_path / "one")], check=True, env=env)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                str(_free_port())]
+    subprocess.run([*torchrun, "-m", "csd2d", *flags, "--output", str(tmp_path / "two")], check=True, env=env)
+    one, two = (sorted((tmp_path / d).glob("*.png")) for d in ("one", "two"))
+    assert len(one) == len(two) == 5
+    for a, b in zip(one, two):
+        diff = np.abs(np.asarray(Image.open(a), dtype=int) - np.asarray(Image.open(b), dtype=int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-2
+    assert not list(tmp_path.glob(".csd2d-tmp*"))
