@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, List, Literal, Optional, Sequence, Tuple, Unio
 import tyro
 from typing_extensions import Annotated
 
-from .config import PanoramaConfig, VideoConfig, load_preset
+from .config import MemoryConfig, PanoramaConfig, VideoConfig, load_preset
 from .guidance import DEFAULT_MODEL, EMBEDDED_MODEL, ModelLoadError
 from .io import InputError
 from .paper_metrics import EvalArgs, run_eval
@@ -52,7 +52,7 @@ def _as(cls: type, config):
 
 
 @dataclass
-class _Common:
+class _Common(MemoryConfig):
     model: str = DEFAULT_MODEL
     """InstructPix2Pix model: hub id or local directory (diffusers layout, safetensors)."""
     device: str = "auto"
@@ -61,14 +61,6 @@ class _Common:
     """Model weights dtype; auto is float16 on CUDA and float32 on CPU."""
     consistency_decoder: Optional[str] = None
     """Decode with OpenAI's consistency decoder (hub id such as openai/consistency-decoder or a directory)."""
-    attention: Literal["sdpa", "sliced"] = "sdpa"
-    """UNet attention: sdpa (PyTorch scaled-dot-product, diffusers' default) or sliced (attention slicing, lower
-    memory, slower; the official CSD code's choice)."""
-    compile: bool = False
-    """torch.compile the UNet (slow first step, faster later steps on a GPU)."""
-    offload: bool = False
-    """Keep the text encoder and VAE on the CPU, moving each to the device only while it runs (saves their
-    device memory during the optimisation)."""
     preset: Optional[str] = None
     """Preset name (image, region, video; shipped in csd2d/presets/) or a YAML file; other flags override it."""
     overwrite: bool = False
@@ -77,11 +69,6 @@ class _Common:
     """Also write a before/after preview PNG next to the output (OUT.png -> OUT.preview.png)."""
     progress: bool = True
     """Show a progress bar."""
-
-    def memory_kwargs(self) -> dict:
-        """The memory controls of CSDEditor.from_pretrained, from these flags."""
-        return dict(attention=self.attention, compile_unet=self.compile, offload=self.offload)
-
 
 @dataclass
 class PanoramaArgs(_Common):

@@ -31,6 +31,7 @@ __all__ = [
     "EditConfig",
     "PanoramaConfig",
     "VideoConfig",
+    "MemoryConfig",
     "PRESET_DIR",
     "MIN_VAE_TILE",
     "load_preset",
@@ -211,6 +212,26 @@ class VideoConfig(EditConfig):
     def validate(self) -> None:
         super().validate()
         _require("overlap", 0 <= self.overlap < self.batch, f"0 <= overlap < batch ({self.batch})", self.overlap)
+
+
+@dataclass
+class MemoryConfig:
+    """How the diffusion model is run: memory and speed controls that leave the result unchanged within
+    tolerance (measured on the tiny model in benchmarks/memory.py; figures in benchmarks/RESULTS.md). The csd2d
+    CLI has them as flags, ns-train csd-edit under --pipeline.memory.*."""
+
+    attention: typing.Literal["sdpa", "sliced"] = "sdpa"
+    """UNet attention: sdpa (PyTorch scaled-dot-product, diffusers' default processor) or sliced (attention
+    slicing, lower memory, slower; the official CSD code's choice)."""
+    compile: bool = False
+    """torch.compile the UNet (slow first step, faster later steps on a GPU)."""
+    offload: bool = False
+    """Keep the text encoder and VAE on the CPU, moving each to the device only while it runs (saves their
+    device memory during the optimisation)."""
+
+    def memory_kwargs(self) -> Dict[str, Any]:
+        """These controls as keyword arguments of ``IP2PGuidance.from_pretrained`` / ``CSDEditor.from_pretrained``."""
+        return dict(attention=self.attention, compile_unet=self.compile, offload=self.offload)
 
 
 def with_overrides(config: C, source: str = "overrides", **overrides: Any) -> C:

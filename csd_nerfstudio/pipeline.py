@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from csd2d import DEFAULT_MODEL, ConfigError, EditConfig, IP2PGuidance, csd_edit_step
+from csd2d.config import MemoryConfig
 from csd2d.imaging import model_hw
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
@@ -105,6 +106,9 @@ class CSDPipelineConfig(VanillaPipelineConfig):
     """in2n update: DDIM denoising steps per edit (Instruct-NeRF2NeRF's default, official code)."""
     diffusion_model: str = DEFAULT_MODEL
     """InstructPix2Pix model: hub id, local directory (diffusers layout, safetensors) or "embedded"."""
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    """How the diffusion model runs: --pipeline.memory.attention sdpa|sliced, --pipeline.memory.compile,
+    --pipeline.memory.offload (csd2d's controls; with diffusion-dtype, edit.max-batch and edit.vae-tile)."""
     diffusion_device: Optional[str] = None
     """Device of the diffusion model, e.g. cuda:1; None uses the scene's device."""
     diffusion_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -186,7 +190,7 @@ class CSDPipeline(VanillaPipeline):
         self.diffusion_device = torch.device(config.diffusion_device or device)
         self.guidance = IP2PGuidance.from_pretrained(
             config.diffusion_model, device=self.diffusion_device, torch_dtype=getattr(torch, config.diffusion_dtype),
-            arg_name="--pipeline.diffusion-model",
+            arg_name="--pipeline.diffusion-model", **config.memory.memory_kwargs(),
         )
         num = len(self.guidance.alphas_cumprod)
         if not 0 <= config.edit.t_min <= config.edit.t_max < num:

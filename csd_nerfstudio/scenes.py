@@ -112,7 +112,7 @@ def _hit_box(o: np.ndarray, d: np.ndarray, centre: np.ndarray, half: float, rot:
     return np.where((far >= near) & (near > 1e-4), near, np.inf)
 
 
-def write_textured_scene(root: Path, views: int = 40, size: int = 64, seed: int = 0) -> Path:
+def write_textured_scene(root: Path, views: int = 40, size: int = 64, *, seed: int) -> Path:
     """The demo scene: a sphere wrapped in ``astronaut`` and a cube with ``chelsea`` / ``coffee`` / ``rocket`` on
     its faces, on a floor of coloured tiles inside a round brick wall whose tint runs once through the hue circle,
     under a gradient sky; Lambertian light with cast shadows, 2×2 supersampled, numpy-only ray tracing. Everything

@@ -104,7 +104,9 @@ def test_ns_train_help_lists_the_options():
                  "--pipeline.diffusion-model", "--pipeline.diffusion-device", "--pipeline.edit.batch",
                  "--pipeline.edit-rate", "--pipeline.mode", "--pipeline.edit.t-min", "--pipeline.edit.t-max",
                  "--pipeline.edit.coupling", "--pipeline.edit.max-batch", "--pipeline.distill-loss-mult",
-                 "--pipeline.update", "--pipeline.pretrain-steps", "--pipeline.patch-size"]:
+                 "--pipeline.update", "--pipeline.pretrain-steps", "--pipeline.patch-size", "--pipeline.carry",
+                 "--pipeline.in2n-noise-range", "--pipeline.memory.attention", "--pipeline.memory.compile",
+                 "--pipeline.memory.offload", "--pipeline.diffusion-dtype", "--pipeline.edit.vae-tile"]:
         assert flag in out.stdout, flag
     for renamed in ["--pipeline.num-views", "--pipeline.kernel ", "--pipeline.edit-steps", "--pipeline.t-max"]:
         assert renamed not in out.stdout, renamed  # one name per setting: csd2d's, under --pipeline.edit

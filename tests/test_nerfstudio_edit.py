@@ -133,6 +133,18 @@ def _in2n(scene, model_dir, tmp_path, seed=0, **pipeline):
                                      edit={"seed": seed}, **pipeline))
 
 
+def test_memory_controls_reach_the_diffusion_model(sphere_scene, tiny_model_dir, tmp_path):
+    """--pipeline.memory.* are csd2d's controls (one MemoryConfig): sliced attention and offloading apply."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from csd2d.config import MemoryConfig
+
+    cfg = fast_config(sphere_scene, tiny_model_dir, tmp_path, memory=MemoryConfig(attention="sliced", offload=True))
+    g = make_pipeline(cfg).guidance
+    assert not any(isinstance(p, AttnProcessor2_0) for p in g.unet.attn_processors.values())
+    assert g.vae.encoder._forward_pre_hooks and g.text_encoder._forward_pre_hooks  # moved onto the device per call
+
+
 def test_in2n_noise_level_comes_from_its_own_range_not_the_csd_timesteps(sphere_scene, tiny_model_dir, tmp_path,
                                                                         monkeypatch):
     """IN2N noises to U[0.02, 0.98]·T (its own setting); csd's SDS timesteps stay csd2d's [t_min, t_max]."""
