@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,28 +41,47 @@ def tiny_config(data: Path, output: Path, iterations: int, edit: Optional[Dict] 
     return method_config("csd-edit-tiny", data, output, iterations, settings)
 
 
-def _train_seconds(config) -> float:
+def _train(config) -> Dict[str, float]:
+    """Train ``config`` in this process: wall seconds per iteration, update seconds per edited view, peak memory."""
     from nerfstudio.engine.trainer import Trainer
 
     config.set_timestamp()
     trainer: Trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     trainer.train()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    pipe = trainer.pipeline
+    pipe.close()
+    views = sum(len(v) for v in pipe.edited_views)
+    out = {"s_per_iteration": seconds / config.max_num_iterations, "updates": len(pipe.edited_views),
+           "views_edited": views, "s_per_edited_view": pipe.update_seconds / views if views else float("nan"),
+           "peak_rss_mib": _peak_rss_mb()}
+    if torch.cuda.is_available():
+        out["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 ARMS = {"no-edits": dict(pretrain_steps=10**9), "csd": dict(pretrain_steps=0, update="csd"),
-        "in2n": dict(pretrain_steps=0, update="in2n")}
+        "in2n": dict(pretrain_steps=0, update="in2n"), "distill": dict(pretrain_steps=0, mode="distill")}
 
 
-def speed(data: Path, iterations: int, arms: List[str]) -> Dict[str, float]:
-    """Seconds per iteration of csd-edit-tiny for each arm."""
+def speed(data: Path, iterations: int, arms: List[str]) -> Dict[str, Dict[str, float]]:
+    """csd-edit-tiny per arm: seconds per iteration, seconds per edited view and peak memory. With several arms
+    each runs in its own process, so that each peak is its own."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for arm in arms:
-            cfg = tiny_config(data, Path(tmp) / arm, iterations, **ARMS[arm])
-            out[arm] = _train_seconds(cfg) / iterations
+            if len(arms) == 1:
+                out[arm] = _train(tiny_config(data, Path(tmp) / arm, iterations, **ARMS[arm]))
+                continue
+            result = Path(tmp) / f"{arm}.json"
+            subprocess.run([sys.executable, "-m", "csd_nerfstudio.benchmark", "speed", "--data", str(data),
+                            "--iterations", str(iterations), "--arms", arm, "--output", str(result)], check=True,
+                           stdout=subprocess.DEVNULL)
+            out[arm] = json.loads(result.read_text())["result"][arm]
     return out
 
 
@@ -149,7 +169,7 @@ class Args:
     iterations: int = 100
     """speed: training steps per arm."""
     arms: List[str] = dataclasses.field(default_factory=lambda: list(ARMS))
-    """speed: arms to run (no-edits, csd, in2n)."""
+    """speed: arms to run (no-edits, csd, in2n, distill)."""
     update: Literal["csd", "in2n"] = "csd"
     """profile: which dataset update."""
     patch_size: Optional[int] = None
@@ -164,7 +184,8 @@ def main(args: Args) -> Dict:
     torch.manual_seed(0)
     if args.task == "speed":
         result = speed(args.data, args.iterations, args.arms)
-        rows = [f"{arm:10s} {s:8.3f} s/iteration" for arm, s in result.items()]
+        rows = [f"{arm:10s} {r['s_per_iteration']:8.3f} s/iteration {r['s_per_edited_view']:8.3f} s/edited view "
+                f"{r['peak_rss_mib']:8.0f} MiB peak RSS" for arm, r in result.items()]
     elif args.task == "profile":
         result = profile_update(args.data, args.update)
         rows = [f"{part:12s} {s:8.3f} s ({100 * s / result['total']:5.1f} %)" for part, s in result.items()]

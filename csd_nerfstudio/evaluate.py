@@ -258,6 +258,9 @@ class EvalArgs:
     """Source and target captions for the CLIP directional similarity (two strings)."""
     reuse: bool = False
     """Keep arms (and the base) that already finished in --output instead of running them again."""
+    isolate: bool = True
+    """Run each arm in its own process (a crash is reported and the other arms go on; peak memory per arm).
+    False runs them in this process: faster to start, for tests; peak memory is then the process's so far."""
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -277,6 +280,16 @@ def _run_child(spec: Dict, log: Path) -> Optional[str]:
     if proc.returncode == 0 and (Path(spec["dir"]) / "cost.json").exists():
         return None
     return f"exit {proc.returncode}: " + log.read_text()[-1500:]
+
+
+def _run(spec: Dict, log: Path, isolate: bool) -> Optional[str]:
+    if isolate:
+        return _run_child(spec, log)
+    try:
+        run_arm(spec)
+    except Exception:  # reported like a crashed process
+        return traceback.format_exc()[-1500:]
+    return None
 
 
 def _label(image: Image.Image, text: str) -> Image.Image:
@@ -388,7 +401,7 @@ def run_eval(args: EvalArgs) -> Dict:
     report: Dict = {"command": "python -m csd_nerfstudio.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "data": str(args.data),
                     "prompt": args.prompt, "method": args.method, "seeds": args.seeds, "iterations": iterations,
                     "settings": settings, "base": {}, "arms": {}, "ratios": {}}
-    error = None if done(base_dir) else _run_child(base_spec, args.output / "base.log")
+    error = None if done(base_dir) else _run(base_spec, args.output / "base.log", args.isolate)
     if error is not None:
         report["base"] = {"error": error}
         _finish(args, report)
@@ -411,7 +424,7 @@ def run_eval(args: EvalArgs) -> Dict:
             d = args.output / "arms" / f"{arm}-seed{seed}"
             spec = {**common, "arm": arm, "seed": seed, "dir": str(d), "iterations": iterations,
                     "settings": {**settings, **ARMS[arm]}, "load_dir": load_dir}
-            error = None if done(d) else _run_child(spec, args.output / "arms" / f"{arm}-seed{seed}.log")
+            error = None if done(d) else _run(spec, args.output / "arms" / f"{arm}-seed{seed}.log", args.isolate)
             if error is not None:
                 entry["seeds"][seed] = {"error": error}
                 print(f"[evaluate] {arm} seed {seed} failed (reported; the other arms go on)", flush=True)

@@ -206,6 +206,8 @@ class CSDPipeline(VanillaPipeline):
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csd-diffusion")
         self.paused = False
         self.last_update_seconds: Optional[float] = None
+        self.update_seconds = 0.0
+        """Wall seconds spent in updates so far (the training step's own time excluded)."""
         # Live controls in the viewer's web UI.
         self.viewer_prompt = ViewerText("CSD prompt", config.prompt, cb_hook=self._on_prompt, hint="Edit instruction")
         self.viewer_guidance = ViewerNumber("Text guidance", config.edit.guidance_scale, cb_hook=self._on_setting)
@@ -296,6 +298,7 @@ class CSDPipeline(VanillaPipeline):
 
     def _timed(self, start: float) -> None:
         self.last_update_seconds = time.perf_counter() - start
+        self.update_seconds += self.last_update_seconds
         self._refresh_status()
 
     def _generator(self, update: int) -> torch.Generator:

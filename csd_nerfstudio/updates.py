@@ -1,6 +1,7 @@
 """The two dataset updates, as pure functions of a rendered job (they may run on another thread or device).
 
-- ``csd``: CSD-Edit (Kim et al. 2023) of N views jointly, starting from their renders.
+- ``csd``: CSD-Edit (Kim et al. 2023) of N views jointly, starting from the photos plus a share (``carry``) of the
+  scene's current edit, so that repeated updates settle instead of adding up.
 - ``in2n``: Instruct-NeRF2NeRF's iterative dataset update (Haque et al. 2023): one view's render noised to a
   random timestep and denoised with DDIM steps of InstructPix2Pix, conditioned on the original photo.
 
