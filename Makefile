@@ -1,5 +1,5 @@
 # Two entry points, both from a fresh machine (Python 3.11, CPU is enough):
-#   make demo   set up .venv (csd2d and the nerfstudio plugin) and run the main job
+#   make demo   set up .venv (csd2d and the nerfstudio plugin) and run the 2D and 3D demos into csd-demo/
 #   make test   set up .venv, .venv-core (csd2d alone) and Debian's chromium, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -45,6 +45,7 @@ browser:
 
 demo: setup
 	$(BIN)/csd2d demo --output csd-demo
+	$(BIN)/python -m csd_nerfstudio.demo --output csd-demo/scene
 
 test: setup core browser
 	CSD_CORE_PYTHON="$(CURDIR)/$(CORE)/bin/python" $(BIN)/python -m pytest -q

@@ -286,6 +286,8 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
         from .distributed import ShardedGuidance
 
         editor = CSDEditor(ShardedGuidance(editor.guidance))
+        if rank == 0:
+            print(f"csd2d: {editor.guidance.world} ranks share the particles", file=sys.stderr)
     if isinstance(args, PanoramaArgs):
         prompts = [args.prompt] if args.prompt is not None else list(args.prompts)
         out = editor.edit_panorama(image, prompts=prompts, config=args.config, progress=args.progress)

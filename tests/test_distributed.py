@@ -98,7 +98,9 @@ def test_torchrun_cli_writes_the_single_process_video(tiny_model_dir, tmp_path):
     subprocess.run([sys.executable, "-m", "csd2d", *flags, "--output", str(tmp_path / "one")], check=True, env=env)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                 str(_free_port())]
-    subprocess.run([*torchrun, "-m", "csd2d", *flags, "--output", str(tmp_path / "two")], check=True, env=env)
+    run = subprocess.run([*torchrun, "-m", "csd2d", *flags, "--output", str(tmp_path / "two")], check=True, env=env,
+                         capture_output=True, text=True)
+    assert "csd2d: 2 ranks share the particles" in run.stderr
     one, two = (sorted((tmp_path / d).glob("*.png")) for d in ("one", "two"))
     assert len(one) == len(two) == 5
     for a, b in zip(one, two):
