@@ -93,13 +93,13 @@ def _parse_value(text: str):
 
 
 def parse_overrides(items: Sequence[str]) -> Dict:
-    """``["edit.lr=0.1", "carry=0.5"]`` → ``{"edit.lr": 0.1, "carry": 0.5}`` (numbers and booleans parsed)."""
+    """``["edit.lr=0.1", "edit-rate=10"]`` → ``{"edit.lr": 0.1, "edit_rate": 10}`` (numbers and booleans parsed)."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set: expected KEY=VALUE (e.g. edit.lr=0.1 or carry=0.5), got {item!r}")
-        out[key.strip()] = _parse_value(value.strip())
+        out[key.strip().replace("-", "_")] = _parse_value(value.strip())  # flags' dashes are fields' underscores
     return out
 
 
