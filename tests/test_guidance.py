@@ -121,7 +121,8 @@ def test_max_batch_chunks_give_the_same_scores(guidance):
     kw = dict(generator=None, noise=torch.randn_like(target), t=torch.tensor([300]), **_settings())
     full = guidance.edit_scores(target, source, et, es, **kw)
     chunked = guidance.edit_scores(target, source, et, es, max_batch=4, **kw)
-    assert torch.allclose(full.scores, chunked.scores, atol=1e-5, rtol=1e-4)  # scores are unweighted by w(t) now: relative float32 noise
+    # float32 noise of batch-size-dependent kernels (larger with OMP_NUM_THREADS=1), far below the scores (~0.1)
+    assert torch.allclose(full.scores, chunked.scores, atol=5e-5, rtol=1e-4)
 
 
 def test_identical_target_and_source_under_same_prompt_give_zero_score(guidance):

@@ -71,7 +71,9 @@ def test_tiny_variant_is_derived_small_and_offline():
     assert tiny.pipeline.diffusion_model == "embedded" and tiny.machine.device_type == "cpu"
     assert tiny.max_num_iterations > tiny.pipeline.pretrain_steps > 0
     # Derived: every other setting is csd-edit's.
-    assert tiny.optimizers == full.optimizers and tiny.pipeline.edit == full.pipeline.edit
+    assert tiny.pipeline.edit.lr == method_module.TINY_LR  # measured for the embedded model
+    assert tiny.optimizers == full.optimizers
+    assert dataclasses.replace(tiny.pipeline.edit, lr=full.pipeline.edit.lr) == full.pipeline.edit
     assert m.near_plane == full.pipeline.model.near_plane
 
 
