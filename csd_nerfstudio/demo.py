@@ -30,8 +30,8 @@ from .scenes import write_textured_scene
 DEMO_VIEWS = 30
 """Cameras on the turntable (30: our choice, the fewest that make a smooth turntable, to fit the demo's time)."""
 DEMO_PRETRAIN_STEPS = 500
-"""Steps that fit the demo scene (our measurement: with 40 views, 600 steps reached 21.2 dB against the photos;
-the whole 3D demo then took 8.5 min on 2 cores, over its budget)."""
+"""Steps that fit the demo scene (our measurement on 2 cores: 500 steps on 30 views reach 20.4 dB against the
+photos and the whole 3D demo takes 5.5 min; 600 steps on 40 views reached 21.2 dB but took 8.5 min)."""
 DEMO_EDIT_STEPS = 120
 """Editing steps per arm: 12 updates at csd-edit-tiny's edit rate of 10 (our choice, to fit the demo's time)."""
 DEMO_PATH_FRAMES = 24
