@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from .config import PanoramaConfig, VideoConfig
 from .editor import CSDEditor
 from .compare import PANORAMA_METRICS, STRENGTH_TOLERANCE, VIDEO_METRICS, compare_panorama, compare_video, raw_key
+from .imaging import stack_images
 from .io import atomic_dir, refuse_existing, save_video
 from .tiny.edits import RANDOM_EDITS
 
@@ -109,18 +110,6 @@ def demo_video(frames: int = 16, size: int = 64, shift: int = 2) -> List[Image.I
     return [cat.crop((t * shift, top, t * shift + size, top + size)) for t in range(frames)]
 
 
-def _stack(images: List[Image.Image], labels: List[str], vertical: bool) -> Image.Image:
-    w, h = images[0].size
-    band = 12
-    sheet = Image.new("RGB", (w, (h + band) * len(images)) if vertical else (w * len(images), h + band), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, (img, label) in enumerate(zip(images, labels)):
-        x, y = (0, i * (h + band)) if vertical else (i * w, 0)
-        draw.text((x + 2, y), label, fill="black")
-        sheet.paste(img.convert("RGB"), (x, y + band))
-    return sheet
-
-
 def run_demo(editor: CSDEditor, output: Path, config: DemoConfig = DemoConfig(), progress: bool = True,
              overwrite: bool = False, allow_foreign: bool = False) -> Dict:
     """Run the comparison, write images, ``report.json`` and ``report.md`` into ``output`` (atomically;
@@ -140,12 +129,12 @@ def run_demo(editor: CSDEditor, output: Path, config: DemoConfig = DemoConfig(),
             entry, outs = compare_panorama(editor, pano, instruction, pano_cfg, progress, config.csd_lr_scale,
                                            config.match_strength)
             report["panorama"][instruction] = entry
-            _stack([pano, outs["baseline"], outs["csd"]], ["input", "independent (baseline)", "CSD"],
+            stack_images([pano, outs["baseline"], outs["csd"]], ["input", "independent (baseline)", "CSD"],
                    vertical=True).save(tmp / f"panorama_{slug}.png")
             entry, vids = compare_video(editor, frames, instruction, video_cfg, config.video_shift, progress,
                                         config.csd_lr_scale, config.match_strength)
             report["video"][instruction] = entry
-            sheets = [_stack([a, b, c], ["input", "baseline", "CSD"], vertical=False)
+            sheets = [stack_images([a, b, c], ["input", "baseline", "CSD"], vertical=False)
                       for a, b, c in zip(frames, vids["baseline"], vids["csd"])]
             save_video(sheets, tmp / f"video_{slug}.gif", fps=8.0)
             sheets[0].save(tmp / f"video_{slug}_first_frame.png")

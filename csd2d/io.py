@@ -28,6 +28,7 @@ __all__ = [
     "VIDEO_SUFFIXES",
     "OUTPUT_MARKER",
     "add_to_manifest",
+    "write_text_atomic",
     "load_image",
     "save_image",
     "load_video",
@@ -341,6 +342,18 @@ def _manifest(folder: Path) -> Optional[List[str]]:
         return [str(n) for n in data["files"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling, then rename it over ``path`` (no half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def add_to_manifest(folder: Path, name: str) -> None:

@@ -26,8 +26,6 @@ Nothing here is imported by :mod:`csd2d.metrics` or at ``import csd2d``; models 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -388,21 +386,9 @@ def _load_frames(path: Path, arg: str) -> List[Image.Image]:
     return load_video(path, arg)[0]
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling, then rename it over ``path`` (no half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def run_eval(args: EvalArgs) -> Path:
     """Execute ``csd2d eval``: load inputs first, then the backbones; print the table, write the JSON (returned)."""
-    from .io import InputError, refuse_existing
+    from .io import InputError, refuse_existing, write_text_atomic
 
     refuse_existing(args.output, args.overwrite)
     source, edited = _load_frames(args.source, "--source"), _load_frames(args.edited, "--edited")
@@ -421,6 +407,6 @@ def run_eval(args: EvalArgs) -> Path:
     result["inputs"] = {"source": str(args.source), "edited": str(args.edited),
                         "source_caption": args.source_caption, "target_caption": args.target_caption}
     print(format_table(result))
-    _write_text_atomic(args.output, json.dumps(result, indent=1))
+    write_text_atomic(args.output, json.dumps(result, indent=1))
     return args.output
 

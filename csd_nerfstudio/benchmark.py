@@ -25,12 +25,14 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Iterator, List, Literal, Optional
+from typing import Callable, Dict, Iterator, List, Literal, Optional
 
 import torch
 import tyro
 
-__all__ = ["tiny_config", "speed", "profile_update", "distill_memory"]
+from csd2d.io import write_text_atomic
+
+__all__ = ["tiny_config", "train_measured", "peak_memory", "speed", "profile_update", "distill_memory"]
 
 
 def tiny_config(data: Path, output: Path, iterations: int, edit: Optional[Dict] = None, **pipeline):
@@ -41,27 +43,34 @@ def tiny_config(data: Path, output: Path, iterations: int, edit: Optional[Dict] 
     return method_config("csd-edit-tiny", data, output, iterations, settings)
 
 
-def _train(config) -> Dict[str, float]:
-    """Train ``config`` in this process: wall seconds per iteration, update seconds per edited view, peak memory."""
+def train_measured(config, before_train: Optional[Callable] = None):
+    """Set up and train ``config`` in this process (no training with ``max_num_iterations`` 0);
+    ``before_train(pipeline)`` runs once set up. Returns the pipeline (its update thread stopped) and
+    ``{"seconds", "peak_rss_mib"[, "cuda_max_allocated_mib"]}``: training's wall time and peak memory."""
     from nerfstudio.engine.trainer import Trainer
 
-    config.set_timestamp()
     trainer: Trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
+    if before_train is not None:
+        before_train(trainer.pipeline)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    trainer.train()
+    if config.max_num_iterations > 0:
+        trainer.train()
     seconds = time.perf_counter() - start
-    pipe = trainer.pipeline
-    pipe.close()
+    trainer.pipeline.close()
+    return trainer.pipeline, {"seconds": seconds, **peak_memory()}
+
+
+def _train(config) -> Dict[str, float]:
+    """Train ``config`` in this process: wall seconds per iteration, update seconds per edited view, peak memory."""
+    config.set_timestamp()
+    pipe, cost = train_measured(config)
     views = sum(len(v) for v in pipe.edited_views)
-    out = {"s_per_iteration": seconds / config.max_num_iterations, "updates": len(pipe.edited_views),
-           "views_edited": views, "s_per_edited_view": pipe.update_seconds / views if views else float("nan"),
-           "peak_rss_mib": _peak_rss_mb()}
-    if torch.cuda.is_available():
-        out["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
+    return {"s_per_iteration": cost.pop("seconds") / config.max_num_iterations, "updates": len(pipe.edited_views),
+            "views_edited": views, "s_per_edited_view": pipe.update_seconds / views if views else float("nan"),
+            **cost}
 
 
 ARMS = {"no-edits": dict(pretrain_steps=10**9), "csd": dict(pretrain_steps=0, update="csd"),
@@ -136,6 +145,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def peak_memory() -> Dict[str, float]:
+    """This process's peak resident memory (MiB) and, on a GPU, CUDA's max allocated since its last reset."""
+    out = {"peak_rss_mib": _peak_rss_mb()}
+    if torch.cuda.is_available():
+        out["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
 def distill_memory(data: Path, patch_size: Optional[int], steps: int, method: str) -> Dict[str, float]:
     """Peak resident memory (MiB) of this process after ``steps`` distill steps, and the seconds per step."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,9 +213,7 @@ def main(args: Args) -> Dict:
               "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "result": result}
     print("\n".join(rows))
     if args.output is not None:
-        tmp = args.output.with_name(args.output.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(args.output)
+        write_text_atomic(args.output, json.dumps(result, indent=1))
     return result
 
 

@@ -48,11 +48,9 @@ import dataclasses
 import json
 import math
 import os
-import resource
 import shlex
 import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -60,8 +58,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import tyro
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from csd2d.imaging import stack_images
+from csd2d.io import write_text_atomic
+
+from .benchmark import peak_memory, train_measured
 from .config import METHODS, method_config
 
 __all__ = ["ARMS", "EvalArgs", "view_metrics", "run_eval"]
@@ -135,8 +137,10 @@ def _render_all(pipe, max_side: int, path_frames: int) -> Dict[str, np.ndarray]:
             "train": _to_uint8(torch.cat(train)), "path": _to_uint8(torch.cat(path))}
 
 
-def _count_unet(guidance) -> Dict[str, int]:
-    counter = {"samples": 0}
+def _count_unet(guidance, counter: Dict[str, int]) -> None:
+    """Add the batch size of every UNet call of ``guidance`` to ``counter["samples"]``."""
+    if guidance is None:
+        return
     original = guidance.unet.forward
 
     def forward(sample, *args, **kwargs):
@@ -144,14 +148,11 @@ def _count_unet(guidance) -> Dict[str, int]:
         return original(sample, *args, **kwargs)
 
     guidance.unet.forward = forward
-    return counter
 
 
 def run_arm(spec: Dict) -> None:
     """Train one arm (or fit the base when ``spec["arm"] == "base"``), render it and write ``renders.npz`` and
     ``cost.json`` into ``spec["dir"]`` (atomically; ``cost.json`` last)."""
-    from nerfstudio.engine.trainer import Trainer
-
     out = Path(spec["dir"])
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec["seed"])
@@ -163,27 +164,15 @@ def run_arm(spec: Dict) -> None:
     config.machine = dataclasses.replace(config.machine, seed=spec["seed"])
     if spec.get("load_dir"):
         config.load_dir = Path(spec["load_dir"])
-    trainer: Trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    pipe = trainer.pipeline
-    counter = _count_unet(pipe.guidance) if pipe.guidance is not None else {"samples": 0}
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    if spec["iterations"] > 0:
-        trainer.train()
-    seconds = time.perf_counter() - start
-    pipe.close()
+    counter = {"samples": 0}
+    pipe, cost = train_measured(config, before_train=lambda p: _count_unet(p.guidance, counter))
     renders = _render_all(pipe, config.pipeline.render_max_side, spec["path_frames"])
     tmp = out / "renders.tmp.npz"
     np.savez_compressed(tmp, **renders)
     tmp.replace(out / "renders.npz")
-    cost = {"seconds": seconds, "iterations": spec["iterations"], "unet_samples": counter["samples"],
-            "updates": len(pipe.edited_views), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "checkpoint_dir": str(config.get_checkpoint_dir())}
-    if torch.cuda.is_available():
-        cost["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    _write_atomic(out / "cost.json", json.dumps(cost, indent=1))
+    cost.update(iterations=spec["iterations"], unet_samples=counter["samples"], updates=len(pipe.edited_views),
+                checkpoint_dir=str(config.get_checkpoint_dir()), **peak_memory())  # the renders' peak included
+    write_text_atomic(out / "cost.json", json.dumps(cost, indent=1))
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -275,12 +264,6 @@ class EvalArgs:
     False runs them in this process: faster to start, for tests; peak memory is then the process's so far."""
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _run_child(spec: Dict, log: Path) -> Optional[str]:
     """Run one arm in a fresh process; None on success, else the end of its output."""
     spec_path = Path(spec["dir"]) / "spec.json"
@@ -304,13 +287,6 @@ def _run(spec: Dict, log: Path, isolate: bool) -> Optional[str]:
     return None
 
 
-def _label(image: Image.Image, text: str) -> Image.Image:
-    out = Image.new("RGB", (image.width, image.height + 12), "white")
-    out.paste(image, (0, 12))
-    ImageDraw.Draw(out).text((2, 0), text, fill="black")
-    return out
-
-
 def _upscale(frame: np.ndarray, scale: int) -> Image.Image:
     img = Image.fromarray(frame)
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
@@ -319,15 +295,9 @@ def _upscale(frame: np.ndarray, scale: int) -> Image.Image:
 def write_gif(path: Path, columns: Dict[str, np.ndarray], scale: int = 3) -> None:
     """Side-by-side GIF of camera-path frames, one labelled column per entry of ``columns``."""
     n = min(len(v) for v in columns.values())
-    frames = []
-    for k in range(n):
-        tiles = [_label(_upscale(v[k], scale), name) for name, v in columns.items()]
-        sheet = Image.new("RGB", (sum(t.width for t in tiles), tiles[0].height), "white")
-        x = 0
-        for t in tiles:
-            sheet.paste(t, (x, 0))
-            x += t.width
-        frames.append(sheet)
+    names = list(columns)
+    frames = [stack_images([_upscale(columns[name][k], scale) for name in names], names, vertical=False)
+              for k in range(n)]
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.gif")
     frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=120, loop=0)
     tmp.replace(path)
@@ -337,18 +307,9 @@ def write_contact_sheet(path: Path, rows: Dict[str, np.ndarray], columns: int = 
     """A PNG with one labelled row per entry of ``rows`` and ``columns`` training views spread over the scene."""
     n = min(len(v) for v in rows.values())
     pick = np.linspace(0, n - 1, min(columns, n)).round().astype(int)
-    strips = []
-    for name, images in rows.items():
-        tiles = [_upscale(images[i], scale) for i in pick]
-        strip = Image.new("RGB", (sum(t.width for t in tiles), tiles[0].height), "white")
-        for k, t in enumerate(tiles):
-            strip.paste(t, (k * t.width, 0))
-        strips.append(_label(strip, name))
-    sheet = Image.new("RGB", (strips[0].width, sum(s.height for s in strips)), "white")
-    y = 0
-    for s in strips:
-        sheet.paste(s, (0, y))
-        y += s.height
+    strips = [stack_images([_upscale(images[i], scale) for i in pick], None, vertical=False)
+              for images in rows.values()]
+    sheet = stack_images(strips, list(rows), vertical=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.png")
     sheet.save(tmp)
     tmp.replace(path)
@@ -480,9 +441,9 @@ def run_eval(args: EvalArgs) -> Dict:
 
 
 def _finish(args: EvalArgs, report: Dict) -> None:
-    _write_atomic(args.output / "report.json", json.dumps(report, indent=1, default=str))
+    write_text_atomic(args.output / "report.json", json.dumps(report, indent=1, default=str))
     if report.get("base", {}).get("metrics") is not None:
-        _write_atomic(args.output / "report.md", _markdown(report))
+        write_text_atomic(args.output / "report.md", _markdown(report))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
