@@ -25,24 +25,40 @@ mkdir -p "$OUT"
 if [ "$QUICK" = 1 ]; then
   MODEL=tiny; STEP=(--ns 1 2 4 8 --repeats 1); OFFICIAL=(--ns 4 --repeats 1)
   MEMORY=(--ns 1 4 --max-batches 0 6 --control-n 2 --repeats 1)
-  LIMIT_step=600; LIMIT_official_loop=600; LIMIT_memory=600  # ~1 min in all on an idle 2-core box
+  SCENE=(--iterations 4 --views 8 --edit-rate 2 --warmup 0)
+  LIMIT_step=600; LIMIT_official_loop=600; LIMIT_memory=600; LIMIT_scene3d=600  # ~2 min in all on 2 idle cores
+  BUDGET=2400
 else
-  # Budget on an H100 (estimated, not yet run): step ~1.5 min, official ~0.5 min, memory with compile ~3 min.
+  # Budget on one GPU (estimated before the first run): step ~1.5 min, official ~0.5 min, 3D ~2.5 min, memory
+  # with compile ~2 min. Each benchmark gets at most its own limit and what is left of BUDGET.
   MODEL=full; STEP=(--repeats 3); OFFICIAL=(--ns 8 --repeats 3)
   MEMORY=(--ns 1 4 16 --max-batches 0 6 2 --control-n 4 --repeats 3 --compile)
-  LIMIT_step=150; LIMIT_official_loop=90; LIMIT_memory=220  # 460 s: the 8-minute slot with room to start
+  SCENE=(--iterations 60 --views 20)
+  LIMIT_step=110; LIMIT_official_loop=60; LIMIT_scene3d=180; LIMIT_memory=150
+  BUDGET=460  # the 8-minute slot with room to start
 fi
 start=$SECONDS
 run() {  # name, args...: one benchmark, its table on stdout, its JSON in OUT
   local name=$1; shift
-  echo "== $name ($MODEL, $DEVICE)"
-  local limit="LIMIT_$name"
-  timeout "${!limit}" "$PY" -m "benchmarks.$name" --model "$MODEL" --device "$DEVICE" "$@" --json "$OUT/$name.json" \
-    || { echo "gpu.sh: $name failed (exit $?; 124 = over its ${!limit} s limit)" >&2; failed="$failed $name"; }
+  local limit="LIMIT_$name"; limit=${!limit}
+  local left=$((BUDGET - (SECONDS - start)))
+  [ "$left" -lt "$limit" ] && limit=$left
+  [ "$limit" -gt 10 ] || { echo "gpu.sh: $name skipped: the ${BUDGET} s budget is spent" >&2; failed="$failed $name"; return; }
+  echo "== $name ($MODEL, $DEVICE, at most $limit s)"
+  timeout "$limit" "$PY" -u -m "benchmarks.$name" --model "$MODEL" --device "$DEVICE" "$@" --json "$OUT/$name.json" \
+    || { echo "gpu.sh: $name failed (exit $?; 124 = over its $limit s limit)" >&2; failed="$failed $name"; }
 }
 failed=""
+# The 3D scene and the saved model are made on the CPU while the 2D benchmarks use the device.
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/csd_gpu_sh.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+OMP_NUM_THREADS=4 "$PY" -m benchmarks.scene3d --model "$MODEL" --prepare-only --work "$WORK" "${SCENE[@]}" \
+  >"$WORK/prepare.log" 2>&1 &
+prepare=$!
 run step "${STEP[@]}"
 run official_loop "${OFFICIAL[@]}"
+wait "$prepare" || { echo "gpu.sh: making the 3D scene and model failed:" >&2; cat "$WORK/prepare.log" >&2; }
+run scene3d "${SCENE[@]}" --work "$WORK"
 run memory "${MEMORY[@]}"
 echo "gpu.sh: done in $((SECONDS - start)) s; JSON in $OUT"
 [ -z "$failed" ] || { echo "gpu.sh: failed:$failed" >&2; exit 1; }

@@ -77,6 +77,7 @@ def sweep(guidance: IP2PGuidance, image: int, ns: Sequence[int], max_batches: Se
             ref = grad if ref is None else ref
             rows.append(dict(n=n, max_batch=mb, peak_step_mb=peak, resident_mb=resident,
                              per_particle_mb=peak / n, max_abs_grad_diff_vs_unchunked=(grad - ref).abs().max().item()))
+            print(f"sweep N={n} max_batch={mb}: peak {peak:.1f} MiB", flush=True)
     return rows
 
 
@@ -121,6 +122,7 @@ def controls(base: IP2PGuidance, image: int, n: int, repeats: int, compile_unet:
                          resident_mb=resident, decode_peak_mb=decode_peak,
                          max_rel_grad_diff=(result[0] - ref[0]).abs().max().item() / max(scale, 1e-12),
                          max_abs_image_diff=(result[1] - ref[1]).abs().max().item()))
+        print(f"control {name}: first step {first:.2f} s, step {step_s:.3f} s, peak {peak:.1f} MiB", flush=True)
         del g
         if cuda:
             torch.cuda.empty_cache()
@@ -128,19 +130,24 @@ def controls(base: IP2PGuidance, image: int, n: int, repeats: int, compile_unet:
 
 
 def run(model: str, device: str, ns: Sequence[int], max_batches: Sequence[Optional[int]], control_n: int,
-        repeats: int, compile_unet: bool, sweep_dtype: str) -> dict:
+        repeats: int, compile_unet: bool, sweep_dtype: str, json_path: Optional[str] = None) -> dict:
+    """The sweep, then the controls; with ``json_path`` the JSON is written after each (the controls, with
+    torch.compile, are the long part: a run stopped by its time limit keeps the sweep)."""
     spec = SPECS[model]
     base = build_guidance(model, device, torch.float32)
-    ctl = controls(base, spec.image, control_n, repeats, compile_unet) if control_n > 0 else []
     g = base if sweep_dtype == "float32" else _copy(base, DTYPES[sweep_dtype])
-    del base
+    rows = sweep(g, spec.image, ns, max_batches)
+    del g
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
-    rows = sweep(g, spec.image, ns, max_batches)
-    return dict(benchmark="memory", model=model, image=spec.image, device=device, sweep_dtype=sweep_dtype,
-                control_n=control_n, machine=machine(),
-                measure="cuda max_memory_allocated" if device.startswith("cuda") else "RSS sampled every 1 ms",
-                sweep=rows, controls=ctl)
+    result = dict(benchmark="memory", model=model, image=spec.image, device=device, sweep_dtype=sweep_dtype,
+                  control_n=control_n, machine=machine(),
+                  measure="cuda max_memory_allocated" if device.startswith("cuda") else "RSS sampled every 1 ms",
+                  sweep=rows, controls=[])
+    write_json(json_path, result)
+    if control_n > 0:
+        result["controls"] = controls(base, spec.image, control_n, repeats, compile_unet)
+    return result
 
 
 def print_tables(r: dict) -> None:
@@ -171,7 +178,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     dtype = a.sweep_dtype or ("float16" if torch.device(a.device).type == "cuda" else "float32")
-    result = run(a.model, a.device, a.ns, [m or None for m in a.max_batches], a.control_n, a.repeats, a.compile, dtype)
+    result = run(a.model, a.device, a.ns, [m or None for m in a.max_batches], a.control_n, a.repeats, a.compile, dtype,
+                 a.json)
     print_tables(result)
     write_json(a.json, result)
     return result

@@ -108,7 +108,8 @@ def build_guidance(spec: str, device: str, dtype: torch.dtype, seed: int = 0) ->
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # casting random modules with .to(dtype) is what we mean
-    c = build_components(spec, seed)
+    with torch.device(device):  # random init where the model runs: on a GPU, seconds instead of a minute
+        c = build_components(spec, seed)
     for k in ("unet", "vae", "text_encoder"):
         c[k] = c[k].to(device=device, dtype=dtype)
     return IP2PGuidance(c["unet"], c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"])

@@ -110,7 +110,10 @@ def bench_n(guidance: IP2PGuidance, n: int, image: int, repeats: int, max_batch:
 def run(model: str, device: str, dtype: str, ns: Sequence[int], repeats: int, max_batch: Optional[int]) -> dict:
     spec = SPECS[model]
     guidance = build_guidance(model, device, DTYPES[dtype])
-    rows: List[dict] = [bench_n(guidance, n, spec.image, repeats, max_batch) for n in ns]
+    rows: List[dict] = []
+    for n in ns:
+        rows.append(bench_n(guidance, n, spec.image, repeats, max_batch))
+        print(f"N={n}: step {1e3 * rows[-1]['step_s']:.1f} ms, overhead {rows[-1]['overhead']:.3f}", flush=True)
     return dict(
         benchmark="step",
         model=model,

@@ -1,0 +1,203 @@
+"""3D: time per training iteration, time per edited view and peak memory of ``csd-edit`` per update kind, the
+paper schedule's whole-scene edit time, and the asynchronous diffusion path against taking turns.
+
+Everything runs ``ns-train``'s own trainer (:func:`csd_nerfstudio.benchmark.train_measured`) on a scene made on
+the fly (:func:`csd_nerfstudio.scenes.write_textured_scene`), with an InstructPix2Pix written by
+``save_pretrained`` and read back through the ``from_pretrained`` that users run (``--pipeline.diffusion-model
+DIR``). ``--model full``: ``csd-edit-small`` (nerfacto, float16 diffusion) with the random-weight SD 1.5-shaped
+model of :mod:`benchmarks.models` on 512² views; ``--model tiny``: ``csd-edit-tiny`` with the tiny random model
+on 64² views (the CPU dry run).
+
+Arms, one after another in this process (CUDA peak memory is reset before each arm's training, after its setup,
+so it counts the models' weights and what the arm allocates; freed memory of earlier arms is not counted):
+
+- ``no-edits``: pretraining steps only (the floor).
+- ``csd``: dataset updates of N = edit.batch views every edit-rate steps (csd-edit's default update).
+- ``in2n``: Instruct-NeRF2NeRF's update (one view, DDIM) every edit-rate steps.
+- ``distill``: the CSD gradient backpropagated into the scene every edit-rate steps.
+- ``csd-async``: ``csd`` with the diffusion model on ``--device`` "again" (``cuda:0`` twice on one GPU) and
+  ``--pipeline.asynchronous True``: the update runs in a background thread while training goes on. On one GPU
+  this measures how much of an update hides behind training steps (both share the GPU's streams and Python's
+  GIL), not a second GPU's speed-up.
+- ``paper-update``: one update of the paper's 3D schedule (16 random views, csd-edit-paper).
+
+Whole-scene edit time (pretrain excluded, ``EDIT_ITERATIONS`` steps) is estimated from these parts:
+paper schedule = steps × s/iteration(no-edits) + updates × s(paper-update), with one update every
+``PAPER_EDIT_RATE`` steps; csd-edit's default = steps × s/iteration(csd) (its updates run inside the steps).
+
+    python -m benchmarks.scene3d --model full --device cuda --json OUT/scene3d.json
+    python -m benchmarks.scene3d --model tiny --device cpu --quick --json OUT/scene3d.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .models import build_components, machine, write_json
+
+METHOD = {"full": "csd-edit-small", "tiny": "csd-edit-tiny"}
+"""The ns-train method each model runs under."""
+IMAGE = {"full": 512, "tiny": 64}
+"""Scene image side per model: 512² (Stable Diffusion's size, the issue's) or the tiny model's 64²."""
+ARMS = ("no-edits", "csd", "in2n", "distill", "csd-async", "paper-update")
+
+
+def prepare(work: Path, model: str, views: int, seed: int = 0) -> Dict[str, Path]:
+    """``work/scene`` (nerfstudio format, ``IMAGE[model]`` px) and ``work/model`` (diffusers layout, safetensors;
+    float16 for the full model, csd-edit-small's diffusion dtype). Existing complete folders are reused."""
+    from csd2d.io import atomic_dir
+    from csd2d.tiny.components import save_components
+    from csd_nerfstudio.scenes import write_textured_scene
+
+    work.mkdir(parents=True, exist_ok=True)
+    paths = {"scene": work / "scene", "model": work / f"model-{model}"}
+    if not (paths["scene"] / "transforms.json").exists():
+        with atomic_dir(paths["scene"]) as tmp:
+            write_textured_scene(tmp, views=views, size=IMAGE[model], seed=seed)
+    if not (paths["model"] / "model_index.json").exists():
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        with torch.device(device):  # random init on the GPU where there is one: seconds instead of a minute
+            components = build_components(model, seed)
+        for name in ("unet", "vae", "text_encoder"):
+            dtype = torch.float16 if model == "full" else torch.float32
+            components[name] = components[name].to("cpu", dtype)
+        with atomic_dir(paths["model"]) as tmp:
+            save_components(components, tmp)
+    return paths
+
+
+def arm_settings(arm: str, model_dir: Path, device: str, views: int) -> Dict[str, object]:
+    """Pipeline settings (``method_config``'s) of one arm."""
+    from csd_nerfstudio.config import PAPER_EDIT_RATE, PAPER_VIEWS
+
+    base: Dict[str, object] = {"diffusion_model": str(model_dir), "pretrain_steps": 0}
+    return {
+        "no-edits": {**base, "pretrain_steps": 10**9},
+        "csd": {**base, "update": "csd"},
+        "in2n": {**base, "update": "in2n"},
+        "distill": {**base, "mode": "distill"},
+        # the scene's own device named again (cuda:0 twice on one GPU), with the background thread forced on
+        "csd-async": {**base, "update": "csd", "diffusion_device": "cuda:0" if device == "cuda" else device,
+                      "asynchronous": True},
+        "paper-update": {**base, "update": "csd", "edit_rate": PAPER_EDIT_RATE, "view_selection": "random",
+                         "edit.batch": min(PAPER_VIEWS, views)},
+    }[arm]
+
+
+def run_arm(model: str, arm: str, scene: Path, model_dir: Path, device: str, iterations: int, views: int,
+            edit_rate: Optional[int], out: Path) -> Dict[str, float]:
+    """Train one arm: seconds per iteration and per edited view, updates, views edited, peak memory."""
+    from csd_nerfstudio.benchmark import train_measured
+    from csd_nerfstudio.config import method_config
+
+    settings = arm_settings(arm, model_dir, device, views)
+    if edit_rate is not None and arm != "paper-update":
+        settings["edit_rate"] = edit_rate
+    iterations = 1 if arm == "paper-update" else iterations
+    config = method_config(METHOD[model], scene, out / arm, iterations, settings)
+    config = dataclasses.replace(config, machine=dataclasses.replace(config.machine,
+                                                                     device_type=torch.device(device).type))
+    pipe, cost = train_measured(config)
+    views_edited = sum(len(v) for v in pipe.edited_views)
+    row = {"arm": arm, "iterations": iterations, "s_per_iteration": cost.pop("seconds") / iterations,
+           "updates": len(pipe.edited_views), "views_edited": views_edited,
+           "update_s": pipe.update_seconds,
+           "s_per_edited_view": pipe.update_seconds / views_edited if views_edited else float("nan"),
+           "batch": pipe.config.edit.batch, "edit_rate": pipe.config.edit_rate, **cost}
+    del pipe
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return row
+
+
+def estimates(rows: Dict[str, dict]) -> Dict[str, float]:
+    """Whole-scene edit seconds (pretrain excluded) from the measured parts; see the module docstring."""
+    from csd_nerfstudio.config import EDIT_ITERATIONS, PAPER_EDIT_RATE
+
+    out: Dict[str, float] = {"edit_iterations": EDIT_ITERATIONS}
+    if "no-edits" in rows and "paper-update" in rows:
+        updates = math.ceil(EDIT_ITERATIONS / PAPER_EDIT_RATE)
+        out["paper_updates"] = updates
+        out["paper_schedule_s"] = (EDIT_ITERATIONS * rows["no-edits"]["s_per_iteration"]
+                                   + updates * rows["paper-update"]["update_s"])
+    for arm in ("csd", "in2n", "csd-async"):
+        if arm in rows:
+            out[f"{arm}_default_schedule_s"] = EDIT_ITERATIONS * rows[arm]["s_per_iteration"]
+    if "csd" in rows and "csd-async" in rows:
+        out["async_speedup"] = rows["csd"]["s_per_iteration"] / rows["csd-async"]["s_per_iteration"]
+    return out
+
+
+def run(model: str, device: str, arms: Sequence[str], iterations: int, views: int, edit_rate: Optional[int],
+        warmup: int, work: Optional[Path], json_path: Optional[str]) -> dict:
+    own = work is None
+    work = Path(tempfile.mkdtemp(prefix="csd_scene3d_")) if own else work
+    try:
+        start = time.perf_counter()
+        paths = prepare(work, model, views)
+        result = dict(benchmark="scene3d", model=model, method=METHOD[model], image=IMAGE[model], views=views,
+                      device=device, iterations=iterations, machine=machine(),
+                      prepare_s=time.perf_counter() - start, rows={}, estimates={})
+        if warmup:  # CUDA context, cuDNN selection, first UNet call: kept out of the first arm's time
+            run_arm(model, "csd", paths["scene"], paths["model"], device, warmup, views, edit_rate, work / "runs")
+        for arm in arms:
+            row = run_arm(model, arm, paths["scene"], paths["model"], device, iterations, views, edit_rate,
+                          work / "runs")
+            result["rows"][arm] = row
+            result["estimates"] = estimates(result["rows"])
+            print_row(row)
+            write_json(json_path, result)  # after every arm: a run stopped by its time limit keeps what it did
+        return result
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def print_row(r: dict) -> None:
+    mem = r.get("cuda_max_allocated_mib", r["peak_rss_mib"])
+    kind = "CUDA max allocated" if "cuda_max_allocated_mib" in r else "peak RSS"
+    print(f"{r['arm']:<13} {r['s_per_iteration']:8.3f} s/it  {r['s_per_edited_view']:8.3f} s/edited view  "
+          f"{r['views_edited']:4d} views in {r['updates']:3d} updates (N={r['batch']})  {mem:9.0f} MiB {kind}",
+          flush=True)
+
+
+def print_estimates(e: Dict[str, float]) -> None:
+    for k, v in e.items():
+        print(f"{k:<32} {v:10.2f}" + (f"  ({v / 60:.1f} min)" if k.endswith("_s") else ""))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(METHOD), default="full")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    p.add_argument("--iterations", type=int, default=60, help="training steps per arm (paper-update: 1)")
+    p.add_argument("--views", type=int, default=20, help="cameras of the generated scene")
+    p.add_argument("--edit-rate", type=int, default=None, help="steps between updates (default: the method's)")
+    p.add_argument("--warmup", type=int, default=11, help="steps of an unreported csd run first (0: none)")
+    p.add_argument("--work", type=Path, default=None, help="keep the scene and model here (default: a temp dir)")
+    p.add_argument("--prepare-only", action="store_true", help="write the scene and model into --work and stop")
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    if a.prepare_only:
+        if a.work is None:
+            p.error("--prepare-only: expected --work DIR to keep the scene and model in, got none")
+        return {k: str(v) for k, v in prepare(a.work, a.model, a.views).items()}
+    result = run(a.model, a.device, a.arms, a.iterations, a.views, a.edit_rate, a.warmup, a.work, a.json)
+    print_estimates(result["estimates"])
+    return result
+
+
+if __name__ == "__main__":
+    main()
