@@ -4,7 +4,9 @@
 #   bash benchmarks/gpu.sh OUT_DIR                       full-size random-weight InstructPix2Pix, 512², CUDA
 #   bash benchmarks/gpu.sh OUT_DIR --device cpu --quick  the same script on the tiny model: the CPU dry run
 #                                                        that CI runs (tests/test_benchmarks.py)
-# No network: the models are built in code (benchmarks/models.py). PYTHON picks the interpreter (default python).
+# No network: the models are built in code (benchmarks/models.py). PYTHON picks the interpreter (default python),
+# which needs csd-edit's dependencies and nerfstudio; benchmarks/gpu-wheels.txt lists what an offline GPU machine
+# with torch lacked, and how to bring it.
 set -euo pipefail
 usage="usage: bash benchmarks/gpu.sh OUT_DIR [--device cuda|cpu] [--quick]"
 [ $# -ge 1 ] || { echo "OUT_DIR: expected an output directory, got nothing. $usage" >&2; exit 2; }
@@ -25,12 +27,13 @@ mkdir -p "$OUT"
 if [ "$QUICK" = 1 ]; then
   MODEL=tiny; STEP=(--ns 1 2 4 8 --repeats 1); OFFICIAL=(--ns 4 --repeats 1)
   MEMORY=(--ns 1 4 --max-batches 0 6 --control-n 2 --repeats 1)
-  SCENE=(--iterations 4 --views 8 --edit-rate 2 --warmup 0)
+  SCENE=(--iterations 2 --views 6 --edit-rate 1 --warmup 0 --set edit.steps=2 in2n-ddim-steps=2)
   LIMIT_step=600; LIMIT_official_loop=600; LIMIT_memory=600; LIMIT_scene3d=600  # ~2 min in all on 2 idle cores
   BUDGET=2400
 else
-  # Budget on one GPU (estimated before the first run): step ~1.5 min, official ~0.5 min, 3D ~2.5 min, memory
-  # with compile ~2 min. Each benchmark gets at most its own limit and what is left of BUDGET.
+  # Measured on an H200 (2026-11-27): the whole script 257 s with the 3D part stopped early; the 3D arms take
+  # ~150 s and torch.compile 44 s of the memory run. Each benchmark gets at most its own limit and what is
+  # left of BUDGET.
   MODEL=full; STEP=(--repeats 3); OFFICIAL=(--ns 8 --repeats 3)
   MEMORY=(--ns 1 4 16 --max-batches 0 6 2 --control-n 4 --repeats 3 --compile)
   SCENE=(--iterations 60 --views 20)

@@ -6,7 +6,7 @@ the fly (:func:`csd_nerfstudio.scenes.write_textured_scene`), with an InstructPi
 ``save_pretrained`` and read back through the ``from_pretrained`` that users run (``--pipeline.diffusion-model
 DIR``). ``--model full``: ``csd-edit-small`` (nerfacto, float16 diffusion) with the random-weight SD 1.5-shaped
 model of :mod:`benchmarks.models` on 512² views; ``--model tiny``: ``csd-edit-tiny`` with the tiny random model
-on 64² views (the CPU dry run).
+on 32² views (the CPU dry run).
 
 Arms, one after another in this process (CUDA peak memory is reset before each arm's training, after its setup,
 so it counts the models' weights and what the arm allocates; freed memory of earlier arms is not counted):
@@ -39,16 +39,18 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
 from .models import build_components, machine, write_json
 
 METHOD = {"full": "csd-edit-small", "tiny": "csd-edit-tiny"}
-"""The ns-train method each model runs under."""
-IMAGE = {"full": 512, "tiny": 64}
-"""Scene image side per model: 512² (Stable Diffusion's size, the issue's) or the tiny model's 64²."""
+"""The ns-train method each model runs under by default (``--method`` picks another, e.g. csd-edit-splat where
+gsplat builds: its CUDA kernels compile on first use)."""
+IMAGE = {"full": 512, "tiny": 32}
+"""Scene image side per model: 512² (Stable Diffusion's size, the issue's) or 32² for the tiny model (16² latents,
+as in the tests)."""
 ARMS = ("no-edits", "csd", "in2n", "distill", "csd-async", "paper-update")
 
 
@@ -76,11 +78,13 @@ def prepare(work: Path, model: str, views: int, seed: int = 0) -> Dict[str, Path
     return paths
 
 
-def arm_settings(arm: str, model_dir: Path, device: str, views: int) -> Dict[str, object]:
-    """Pipeline settings (``method_config``'s) of one arm."""
+def arm_settings(arm: str, model_dir: Path, device: str, views: int,
+                 overrides: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    """Pipeline settings (``method_config``'s) of one arm; ``overrides`` (``--set``) apply to every arm under
+    the arm's own."""
     from csd_nerfstudio.config import PAPER_EDIT_RATE, PAPER_VIEWS
 
-    base: Dict[str, object] = {"diffusion_model": str(model_dir), "pretrain_steps": 0}
+    base: Dict[str, object] = {**(overrides or {}), "diffusion_model": str(model_dir), "pretrain_steps": 0}
     return {
         "no-edits": {**base, "pretrain_steps": 10**9},
         "csd": {**base, "update": "csd"},
@@ -95,16 +99,17 @@ def arm_settings(arm: str, model_dir: Path, device: str, views: int) -> Dict[str
 
 
 def run_arm(model: str, arm: str, scene: Path, model_dir: Path, device: str, iterations: int, views: int,
-            edit_rate: Optional[int], out: Path) -> Dict[str, float]:
+            edit_rate: Optional[int], out: Path, overrides: Optional[Dict[str, object]] = None,
+            method: Optional[str] = None) -> Dict[str, float]:
     """Train one arm: seconds per iteration and per edited view, updates, views edited, peak memory."""
     from csd_nerfstudio.benchmark import train_measured
     from csd_nerfstudio.config import method_config
 
-    settings = arm_settings(arm, model_dir, device, views)
+    settings = arm_settings(arm, model_dir, device, views, overrides)
     if edit_rate is not None and arm != "paper-update":
         settings["edit_rate"] = edit_rate
     iterations = 1 if arm == "paper-update" else iterations
-    config = method_config(METHOD[model], scene, out / arm, iterations, settings)
+    config = method_config(method or METHOD[model], scene, out / arm, iterations, settings)
     config = dataclasses.replace(config, machine=dataclasses.replace(config.machine,
                                                                      device_type=torch.device(device).type))
     pipe, cost = train_measured(config)
@@ -140,20 +145,22 @@ def estimates(rows: Dict[str, dict]) -> Dict[str, float]:
 
 
 def run(model: str, device: str, arms: Sequence[str], iterations: int, views: int, edit_rate: Optional[int],
-        warmup: int, work: Optional[Path], json_path: Optional[str]) -> dict:
+        warmup: int, work: Optional[Path], json_path: Optional[str],
+        overrides: Optional[Dict[str, object]] = None, method: Optional[str] = None) -> dict:
     own = work is None
     work = Path(tempfile.mkdtemp(prefix="csd_scene3d_")) if own else work
     try:
         start = time.perf_counter()
         paths = prepare(work, model, views)
-        result = dict(benchmark="scene3d", model=model, method=METHOD[model], image=IMAGE[model], views=views,
-                      device=device, iterations=iterations, machine=machine(),
-                      prepare_s=time.perf_counter() - start, rows={}, estimates={})
+        result = dict(benchmark="scene3d", model=model, method=method or METHOD[model], image=IMAGE[model],
+                      views=views, device=device, iterations=iterations, overrides=dict(overrides or {}),
+                      machine=machine(), prepare_s=time.perf_counter() - start, rows={}, estimates={})
         if warmup:  # CUDA context, cuDNN selection, first UNet call: kept out of the first arm's time
-            run_arm(model, "csd", paths["scene"], paths["model"], device, warmup, views, edit_rate, work / "runs")
+            run_arm(model, "csd", paths["scene"], paths["model"], device, warmup, views, edit_rate, work / "runs",
+                    overrides, method)
         for arm in arms:
             row = run_arm(model, arm, paths["scene"], paths["model"], device, iterations, views, edit_rate,
-                          work / "runs")
+                          work / "runs", overrides, method)
             result["rows"][arm] = row
             result["estimates"] = estimates(result["rows"])
             print_row(row)
@@ -182,19 +189,27 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--model", choices=sorted(METHOD), default="full")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    p.add_argument("--method", default=None, help="ns-train method (default: csd-edit-small for full, "
+                                                  "csd-edit-tiny for tiny; csd-edit-splat needs CUDA and gsplat)")
     p.add_argument("--iterations", type=int, default=60, help="training steps per arm (paper-update: 1)")
     p.add_argument("--views", type=int, default=20, help="cameras of the generated scene")
     p.add_argument("--edit-rate", type=int, default=None, help="steps between updates (default: the method's)")
     p.add_argument("--warmup", type=int, default=11, help="steps of an unreported csd run first (0: none)")
     p.add_argument("--work", type=Path, default=None, help="keep the scene and model here (default: a temp dir)")
     p.add_argument("--prepare-only", action="store_true", help="write the scene and model into --work and stop")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="pipeline settings for every arm, e.g. edit.max-batch=6 render-chunk=32768")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
+    from csd_nerfstudio.evaluate import parse_overrides
+
+    overrides = parse_overrides(a.set)
     if a.prepare_only:
         if a.work is None:
             p.error("--prepare-only: expected --work DIR to keep the scene and model in, got none")
         return {k: str(v) for k, v in prepare(a.work, a.model, a.views).items()}
-    result = run(a.model, a.device, a.arms, a.iterations, a.views, a.edit_rate, a.warmup, a.work, a.json)
+    result = run(a.model, a.device, a.arms, a.iterations, a.views, a.edit_rate, a.warmup, a.work, a.json, overrides,
+                 a.method)
     print_estimates(result["estimates"])
     return result
 

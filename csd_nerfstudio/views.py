@@ -60,10 +60,11 @@ def random_crop(height: int, width: int, size: int, multiple: int, generator: to
 
 
 def render_view(model, camera: Cameras, index: int, *, grad: bool = False,
-                crop: Optional[Crop] = None) -> Float[Tensor, "3 h w"]:
+                crop: Optional[Crop] = None, chunk: Optional[int] = None) -> Float[Tensor, "3 h w"]:
     """Render training view ``index`` through ``camera`` (its possibly downscaled copy), with the view's own
     appearance embedding; ``crop`` renders only that window (ray-based models trace only its rays).
-    ``grad=False`` renders in chunks without a graph (nerfstudio's eval path)."""
+    ``grad=False`` renders without a graph in chunks of ``chunk`` rays (None: the model's own
+    ``eval_num_rays_per_chunk``, nerfstudio's eval path)."""
     if isinstance(model, SplatfactoModel):  # rasterises whole cameras
         with torch.set_grad_enabled(grad):
             rgb = model.get_outputs(camera)["rgb"]
@@ -80,9 +81,13 @@ def render_view(model, camera: Cameras, index: int, *, grad: bool = False,
     h, w = rays.shape
     if grad:
         rgb = model(rays.flatten())["rgb"]
-    else:
+    elif chunk is None:
         with torch.no_grad():
             rgb = model.get_outputs_for_camera_ray_bundle(rays)["rgb"]
+    else:
+        flat = rays.flatten()
+        with torch.no_grad():
+            rgb = torch.cat([model(flat[i : i + chunk])["rgb"] for i in range(0, len(flat), chunk)])
     return rgb.reshape(h, w, 3).permute(2, 0, 1)
 
 

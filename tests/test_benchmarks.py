@@ -144,6 +144,18 @@ def test_gpu_script_cpu_dry_run(tmp_path):
     controls = {r["control"]: r for r in memory["controls"]}
     assert controls["attention sliced"]["max_rel_grad_diff"] < 1e-3
     assert controls["offload text encoder + VAE"]["max_rel_grad_diff"] == 0
+    scene = json.loads((tmp_path / "scene3d.json").read_text())
+    rows = scene["rows"]
+    assert list(rows) == ["no-edits", "csd", "in2n", "distill", "csd-async", "paper-update"]
+    assert all(r["s_per_iteration"] > 0 and r["peak_rss_mib"] > 0 for r in rows.values())
+    assert rows["no-edits"]["views_edited"] == 0 and rows["csd"]["updates"] == 2  # 2 steps, one update each
+    assert rows["csd"]["views_edited"] == 2 * rows["csd"]["batch"] and rows["in2n"]["views_edited"] == 2
+    assert rows["paper-update"]["batch"] == 6 and rows["paper-update"]["views_edited"] == 6  # all 6 cameras
+    assert rows["csd"]["s_per_edited_view"] > 0 and scene["overrides"] == {"edit.steps": 2, "in2n_ddim_steps": 2}
+    est = scene["estimates"]
+    assert est["paper_schedule_s"] == pytest.approx(15000 * rows["no-edits"]["s_per_iteration"]
+                                                    + 8 * rows["paper-update"]["update_s"])
+    assert est["async_speedup"] == pytest.approx(rows["csd"]["s_per_iteration"] / rows["csd-async"]["s_per_iteration"])
 
 
 def test_gpu_script_rejects_unknown_flags(tmp_path):

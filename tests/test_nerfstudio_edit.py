@@ -16,6 +16,7 @@ from csd2d.ddim import ddim_step, ddim_timesteps
 from csd_nerfstudio import config as method_module
 from csd_nerfstudio.config import csd_edit, csd_edit_paper, csd_edit_tiny
 from csd_nerfstudio.pipeline import CSDPipelineConfig, SceneEditConfig
+from csd_nerfstudio.views import render_view
 
 
 # ------------------------------------------------------------------------------------------- configuration
@@ -239,6 +240,35 @@ def test_distill_patches_render_only_the_patch_and_reach_the_field(sphere_scene,
     assert shapes == [(3, 8, 8), (3, 8, 8)]
     losses["csd_loss"].backward()
     assert sum(float(p.grad.abs().sum()) for p in pipeline.model.field.parameters() if p.grad is not None) > 0
+
+
+def test_update_renders_in_chunks_of_render_chunk_rays_with_the_same_image(sphere_scene, tiny_model_dir, tmp_path):
+    """--pipeline.render-chunk bounds the rays of each no-gradient render of an update (the peak memory of
+    nerfstudio's torch hash grid grows with it) and leaves the rendered view unchanged."""
+    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, render_chunk=100))
+    model = pipeline.model
+    seen = []
+    hook = model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    try:
+        job = pipeline.make_job(0)
+    finally:
+        hook.remove()
+    camera = pipeline._camera(job.indices[0])
+    rays = int(camera.height) * int(camera.width)
+    assert seen and max(seen) == 100 and sum(seen) == rays * len(job.indices)
+    model.eval()
+    whole = render_view(model, camera, job.indices[0])  # the model's own chunks (eval_num_rays_per_chunk)
+    torch.testing.assert_close(render_view(model, camera, job.indices[0], chunk=100), whole, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="render-chunk: expected a positive integer, got 0"):
+        fast_config(sphere_scene, tiny_model_dir, tmp_path, render_chunk=0)
+
+
+def test_csd_edit_distills_in_patches_and_tiny_in_whole_views():
+    """csd-edit's distill renders 128 px patches (whole 512 px views ran out of memory on an H200); csd-edit-tiny
+    renders its 64 px views whole."""
+    assert csd_edit.config.pipeline.patch_size == method_module.DISTILL_PATCH == 128
+    assert csd_edit_paper.config.pipeline.patch_size == 128
+    assert csd_edit_tiny.config.pipeline.patch_size is None
 
 
 # ------------------------------------------------------------------------------------------- async shutdown
