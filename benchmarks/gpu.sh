@@ -37,7 +37,7 @@ else
   MODEL=full; STEP=(--repeats 3); OFFICIAL=(--ns 8 --repeats 3)
   MEMORY=(--ns 1 4 16 --max-batches 0 6 2 --control-n 4 --repeats 3 --compile)
   SCENE=(--iterations 60 --views 20)
-  LIMIT_step=110; LIMIT_official_loop=60; LIMIT_scene3d=180; LIMIT_memory=150
+  LIMIT_step=110; LIMIT_official_loop=60; LIMIT_scene3d=200; LIMIT_memory=150
   BUDGET=460  # the 8-minute slot with room to start
 fi
 start=$SECONDS
@@ -48,8 +48,10 @@ run() {  # name, args...: one benchmark, its table on stdout, its JSON in OUT
   [ "$left" -lt "$limit" ] && limit=$left
   [ "$limit" -gt 10 ] || { echo "gpu.sh: $name skipped: the ${BUDGET} s budget is spent" >&2; failed="$failed $name"; return; }
   echo "== $name ($MODEL, $DEVICE, at most $limit s)"
+  local t0=$SECONDS
   timeout "$limit" "$PY" -u -m "benchmarks.$name" --model "$MODEL" --device "$DEVICE" "$@" --json "$OUT/$name.json" \
     || { echo "gpu.sh: $name failed (exit $?; 124 = over its $limit s limit)" >&2; failed="$failed $name"; }
+  echo "gpu.sh: $name took $((SECONDS - t0)) s"
 }
 failed=""
 # The 3D scene and the saved model are made on the CPU while the 2D benchmarks use the device.

@@ -119,11 +119,12 @@ def _render_all(pipe, max_side: int, path_frames: int) -> Dict[str, np.ndarray]:
     cams = pipe.datamanager.train_dataset.cameras
     n = cams.shape[0]
     views, photos, train = [], [], []
+    chunk = pipe.config.render_chunk  # the update renders' bound on memory
     pipe.model.eval()
     with torch.no_grad():
         for i in range(n):
             cam = view_camera(cams, i, max_side, pipe.device)
-            rgb = render_view(pipe.model, cam, i)[None]
+            rgb = render_view(pipe.model, cam, i, chunk=chunk)[None]
             size = tuple(rgb.shape[-2:])
             views.append(rgb.cpu())
             photos.append(resize(pipe.images.original(i).permute(2, 0, 1)[None], size))
@@ -131,8 +132,8 @@ def _render_all(pipe, max_side: int, path_frames: int) -> Dict[str, np.ndarray]:
         steps = max(1, math.ceil(path_frames / max(n - 1, 1)))
         path_cams = get_interpolated_camera_path(cams, steps=steps, order_poses=False)
         pick = np.linspace(0, path_cams.shape[0] - 1, min(path_frames, path_cams.shape[0])).round().astype(int)
-        path = [render_view(pipe.model, view_camera(path_cams, int(j), max_side, pipe.device), 0)[None].cpu()
-                for j in pick]
+        path = [render_view(pipe.model, view_camera(path_cams, int(j), max_side, pipe.device), 0,
+                            chunk=chunk)[None].cpu() for j in pick]
     return {"views": _to_uint8(torch.cat(views)), "photos": _to_uint8(torch.cat(photos)),
             "train": _to_uint8(torch.cat(train)), "path": _to_uint8(torch.cat(path))}
 

@@ -124,17 +124,18 @@ def test_evaluate_writes_report_pictures_and_survives_a_crashed_arm(sphere_scene
 def test_csd_edits_a_scene_more_consistently_than_independent_editing(tmp_path):
     """The paper's 3D claim at a CPU size, across seeds: on the project's textured scene, the edit (unedited
     scene's render → edited render) agrees better across views after CSD's update than after the same update
-    with the kernel off, and the scene fits its edited training images better."""
+    with the kernel off, and the scene fits its edited training images better. Two seeds, both must win (with
+    seeds 0, 1 and 2 csd's edit inconsistency was 0.011–0.013 against 0.021–0.026, our measurement)."""
     from csd_nerfstudio.scenes import write_textured_scene
 
     scene = write_textured_scene(tmp_path / "scene", views=12, size=64, seed=0)
-    seeds = [0, 1, 2]
+    seeds = [0, 1]
     report = evaluate.run_eval(evaluate.EvalArgs(
         data=scene, output=tmp_path / "eval", arms=["csd", "independent"], seeds=seeds, pretrain_steps=200,
         iterations=30, path_frames=2, isolate=False))
     csd, independent = (report["arms"][arm]["seeds"] for arm in ("csd", "independent"))
     wins = [csd[s]["edit_inconsistency"] < independent[s]["edit_inconsistency"] for s in seeds]
-    assert sum(wins) >= 2, (csd, independent)
+    assert all(wins), (csd, independent)
     assert report["ratios"]["edit_inconsistency csd / independent"] < 0.8
     means = {arm: report["arms"][arm]["mean"] for arm in ("csd", "independent")}
     assert means["csd"]["fit_psnr"] > means["independent"]["fit_psnr"]
