@@ -65,5 +65,6 @@ run official_loop "${OFFICIAL[@]}"
 wait "$prepare" || { echo "gpu.sh: making the 3D scene and model failed:" >&2; cat "$WORK/prepare.log" >&2; }
 run scene3d "${SCENE[@]}" --work "$WORK"
 run memory "${MEMORY[@]}"
+"$PY" -m benchmarks.goals "$OUT" || echo "gpu.sh: checking the goals failed" >&2
 echo "gpu.sh: done in $((SECONDS - start)) s; JSON in $OUT"
 [ -z "$failed" ] || { echo "gpu.sh: failed:$failed" >&2; exit 1; }

@@ -156,6 +156,28 @@ def test_gpu_script_cpu_dry_run(tmp_path):
     assert est["paper_schedule_s"] == pytest.approx(15000 * rows["no-edits"]["s_per_iteration"]
                                                     + 8 * rows["paper-update"]["update_s"])
     assert est["async_speedup"] == pytest.approx(rows["csd"]["s_per_iteration"] / rows["csd-async"]["s_per_iteration"])
+    goals = json.loads((tmp_path / "goals.json").read_text())["goals"]
+    assert len(goals) == 4 and goals[0]["met"] is None  # the dry run has no N = 16 step: no figure, not "met"
+    assert goals[3]["value"] is None  # csd-edit-tiny is not the csd-edit-small of the memory goal
+
+
+def test_goals_are_judged_from_the_json_and_missing_figures_are_not_met(tmp_path):
+    from benchmarks.goals import check
+
+    def write(name, payload):
+        (tmp_path / f"{name}.json").write_text(json.dumps(payload))
+
+    write("step", {"rows": [{"n": 8, "overhead": 1.2}, {"n": 16, "overhead": 1.02}]})
+    write("official_loop", {"rows": [{"n": 8, "speedup": 2.4}]})
+    write("scene3d", {"method": "csd-edit-small", "estimates": {"paper_schedule_s": 1400.0},
+                      "rows": {"csd": {"batch": 4, "cuda_max_allocated_mib": 8000.0}}})
+    got = {r["source"] + ":" + r["target"]: (r["value"], r["met"]) for r in check(tmp_path)}
+    assert got["step:<= 1.03"] == (1.02, True)
+    assert got["official_loop:>= 2.5x"] == (2.4, False)
+    assert got["scene3d:<= 600 s"] == (1400.0, False)
+    assert got["scene3d:<= 12 GB"][1] is True and got["scene3d:<= 12 GB"][0] == pytest.approx(8000 * 2**20 / 1e9)
+    (tmp_path / "step.json").unlink()
+    assert check(tmp_path)[0]["met"] is None and check(tmp_path)[0]["value"] is None
 
 
 def test_gpu_script_rejects_unknown_flags(tmp_path):
