@@ -19,14 +19,15 @@ so it counts the models' weights and what the arm allocates; freed memory of ear
   ``--pipeline.asynchronous True``: the update runs in a background thread while training goes on. On one GPU
   this measures how much of an update hides behind training steps (both share the GPU's streams and Python's
   GIL), not a second GPU's speed-up.
-- ``paper-update``: one update of the paper's 3D schedule (16 random views, csd-edit-paper).
+- ``paper-update``: one update of the paper's 3D schedule (16 random views, csd-edit-paper's settings).
 
 Whole-scene edit time (pretrain excluded, ``EDIT_ITERATIONS`` steps) is estimated from these parts:
 paper schedule = steps × s/iteration(no-edits) + updates × s(paper-update), with one update every
 ``PAPER_EDIT_RATE`` steps; csd-edit's default = steps × s/iteration(csd) (its updates run inside the steps).
 
     python -m benchmarks.scene3d --model full --device cuda --json OUT/scene3d.json
-    python -m benchmarks.scene3d --model tiny --device cpu --quick --json OUT/scene3d.json
+    python -m benchmarks.scene3d --model tiny --device cpu --iterations 2 --views 6 --edit-rate 1 --warmup 0 \
+        --set edit.steps=2 in2n-ddim-steps=2 --json OUT/scene3d.json      # gpu.sh's CPU dry run
 """
 
 from __future__ import annotations
