@@ -189,13 +189,11 @@ def machine() -> dict:
 
 
 def write_json(path: Optional[str], payload: dict) -> None:
-    """Write ``payload`` atomically (temp file + rename)."""
+    """Write ``payload`` as JSON atomically (:func:`csd2d.io.write_text_atomic`); nothing without a path."""
     if not path:
         return
     import json
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    from csd2d.io import write_text_atomic
+
+    write_text_atomic(Path(path), json.dumps(payload, indent=2))

@@ -71,8 +71,8 @@ def prepare(work: Path, model: str, views: int, seed: int = 0) -> Dict[str, Path
         device = "cuda" if torch.cuda.is_available() else "cpu"
         with torch.device(device):  # random init on the GPU where there is one: seconds instead of a minute
             components = build_components(model, seed)
+        dtype = torch.float16 if model == "full" else torch.float32
         for name in ("unet", "vae", "text_encoder"):
-            dtype = torch.float16 if model == "full" else torch.float32
             components[name] = components[name].to("cpu", dtype)
         with atomic_dir(paths["model"]) as tmp:
             save_components(components, tmp)
@@ -103,7 +103,7 @@ def run_arm(model: str, arm: str, scene: Path, model_dir: Path, device: str, ite
             edit_rate: Optional[int], out: Path, overrides: Optional[Dict[str, object]] = None,
             method: Optional[str] = None) -> Dict[str, float]:
     """Train one arm: seconds per iteration and per edited view, updates, views edited, peak memory."""
-    from csd_nerfstudio.benchmark import train_measured
+    from csd_nerfstudio.benchmark import train_row
     from csd_nerfstudio.config import method_config
 
     settings = arm_settings(arm, model_dir, device, views, overrides)
@@ -113,15 +113,8 @@ def run_arm(model: str, arm: str, scene: Path, model_dir: Path, device: str, ite
     config = method_config(method or METHOD[model], scene, out / arm, iterations, settings)
     config = dataclasses.replace(config, machine=dataclasses.replace(config.machine,
                                                                      device_type=torch.device(device).type))
-    pipe, cost = train_measured(config)
-    views_edited = sum(len(v) for v in pipe.edited_views)
-    row = {"arm": arm, "iterations": iterations, "s_per_iteration": cost.pop("seconds") / iterations,
-           "updates": len(pipe.edited_views), "views_edited": views_edited,
-           "update_s": pipe.update_seconds,
-           "s_per_edited_view": pipe.update_seconds / views_edited if views_edited else float("nan"),
-           "batch": pipe.config.edit.batch, "edit_rate": pipe.config.edit_rate, **cost}
-    del pipe
-    gc.collect()
+    row = {"arm": arm, **train_row(config)}
+    gc.collect()  # the arm's pipeline and models, before the next arm's peak is measured
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return row

@@ -32,7 +32,7 @@ import tyro
 
 from csd2d.io import write_text_atomic
 
-__all__ = ["tiny_config", "train_measured", "peak_memory", "speed", "profile_update", "distill_memory"]
+__all__ = ["tiny_config", "train_measured", "train_row", "peak_memory", "speed", "profile_update", "distill_memory"]
 
 
 def tiny_config(data: Path, output: Path, iterations: int, edit: Optional[Dict] = None, **pipeline):
@@ -63,14 +63,16 @@ def train_measured(config, before_train: Optional[Callable] = None):
     return trainer.pipeline, {"seconds": seconds, **peak_memory()}
 
 
-def _train(config) -> Dict[str, float]:
-    """Train ``config`` in this process: wall seconds per iteration, update seconds per edited view, peak memory."""
-    config.set_timestamp()
+def train_row(config) -> Dict[str, float]:
+    """Train ``config`` in this process: wall seconds per iteration, updates and views edited, update seconds
+    (in all and per edited view), N and the edit rate, peak memory."""
     pipe, cost = train_measured(config)
     views = sum(len(v) for v in pipe.edited_views)
-    return {"s_per_iteration": cost.pop("seconds") / config.max_num_iterations, "updates": len(pipe.edited_views),
-            "views_edited": views, "s_per_edited_view": pipe.update_seconds / views if views else float("nan"),
-            **cost}
+    return {"iterations": config.max_num_iterations,
+            "s_per_iteration": cost.pop("seconds") / config.max_num_iterations, "updates": len(pipe.edited_views),
+            "views_edited": views, "update_s": pipe.update_seconds,
+            "s_per_edited_view": pipe.update_seconds / views if views else float("nan"),
+            "batch": pipe.config.edit.batch, "edit_rate": pipe.config.edit_rate, **cost}
 
 
 ARMS = {"no-edits": dict(pretrain_steps=10**9), "csd": dict(pretrain_steps=0, update="csd"),
@@ -84,7 +86,9 @@ def speed(data: Path, iterations: int, arms: List[str]) -> Dict[str, Dict[str, f
     with tempfile.TemporaryDirectory() as tmp:
         for arm in arms:
             if len(arms) == 1:
-                out[arm] = _train(tiny_config(data, Path(tmp) / arm, iterations, **ARMS[arm]))
+                config = tiny_config(data, Path(tmp) / arm, iterations, **ARMS[arm])
+                config.set_timestamp()
+                out[arm] = train_row(config)
                 continue
             result = Path(tmp) / f"{arm}.json"
             subprocess.run([sys.executable, "-m", "csd_nerfstudio.benchmark", "speed", "--data", str(data),
