@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, List, Literal, Optional, Sequence, Tuple, Unio
 import tyro
 from typing_extensions import Annotated
 
+from ._launch import INTERRUPTED, entrypoint  # noqa: F401  (csd2d.cli:entrypoint stays importable)
 from .config import MemoryConfig, PanoramaConfig, VideoConfig, load_preset
 from .guidance import DEFAULT_MODEL, EMBEDDED_MODEL, ModelLoadError
 from .io import InputError
@@ -249,11 +250,22 @@ def _check_outputs(args: Union[PanoramaArgs, VideoArgs]) -> Optional["Image.Imag
     return image
 
 
+def _silence_library_progress() -> None:
+    """``--no-progress`` also covers the weight-loading bars that diffusers and transformers draw."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
     """Execute parsed arguments; returns the output path. Everything checkable is checked before the model loads."""
     from .editor import CSDEditor
     from .io import check_folder_output, load_video, preview_path, save_image, save_video
 
+    if not getattr(args, "progress", True):
+        _silence_library_progress()
     if isinstance(args, EvalArgs):
         return run_eval(args)
     if isinstance(args, DemoArgs):
@@ -341,15 +353,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args = parse(argv)
             out = run(args)
     except KeyboardInterrupt:
-        print("csd2d: interrupted (outputs are written whole or not at all)", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     except (InputError, ModelLoadError, ValueError) as err:
         print(f"csd2d: error: {_flag_message(err)}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
     return 0
-def entrypoint() -> None:
-    sys.exit(main())
 
 
 if __name__ == "__main__":
