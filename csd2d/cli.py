@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, List, Literal, Optional, Sequence, Tuple, Unio
 import tyro
 from typing_extensions import Annotated
 
-from ._launch import INTERRUPTED, entrypoint  # noqa: F401  (csd2d.cli:entrypoint stays importable)
+from ._launch import INTERRUPTED, entrypoint, interrupts_raise  # noqa: F401  (csd2d.cli:entrypoint stays importable)
 from .config import MemoryConfig, PanoramaConfig, VideoConfig, load_preset
 from .guidance import DEFAULT_MODEL, EMBEDDED_MODEL, ModelLoadError
 from .io import InputError
@@ -267,6 +267,7 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
     if not getattr(args, "progress", True):
         _silence_library_progress()
     if isinstance(args, EvalArgs):
+        interrupts_raise()
         return run_eval(args)
     if isinstance(args, DemoArgs):
         from .demo import DemoConfig, report_markdown, run_demo
@@ -275,6 +276,7 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
                             args.overwrite_foreign_folder)  # before loading the model
         device, dtype = _device_dtype(args)
         editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model")
+        interrupts_raise()  # csd2d._launch: from here on Ctrl-C unwinds through the writers' cleanup
         demo = DemoConfig(seed=args.seed, match_strength=args.match_strength)
         if args.steps is not None:
             demo = dataclasses.replace(demo, panorama=dataclasses.replace(demo.panorama, steps=args.steps),
@@ -294,6 +296,7 @@ def run(args: Union[PanoramaArgs, VideoArgs]) -> Path:
     editor = CSDEditor.from_pretrained(args.model, device=device, torch_dtype=dtype, arg_name="--model",
                                        consistency_decoder=args.consistency_decoder,
                                        consistency_decoder_arg="--consistency-decoder", **args.memory_kwargs())
+    interrupts_raise()  # csd2d._launch: from here on Ctrl-C unwinds through the writers' cleanup
     if rank is not None:
         from .distributed import ShardedGuidance
 

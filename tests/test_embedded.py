@@ -109,10 +109,12 @@ def test_trainer_reproduces_weights_from_the_seed(tmp_path):
         "import sys; from csd2d.tiny.train import TrainConfig, main; from pathlib import Path; "
         "main(TrainConfig(output=Path(sys.argv[1]), crops=24, vae_steps=3, vae_batch=4, unet_steps=3, unet_batch=4))"
     )
-    for name in ("a", "b"):
-        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], capture_output=True, text=True,
-                             cwd=REPO, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
-        assert out.returncode == 0, out.stderr[-2000:]
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / name)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"))
+            for name in ("a", "b")]  # side by side, one core each
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err[-2000:]
     for part in ("unet", "vae", "text_encoder"):
         fname = "model.safetensors" if part == "text_encoder" else "diffusion_pytorch_model.safetensors"
         a, b = load_file(tmp_path / "a" / part / fname), load_file(tmp_path / "b" / part / fname)

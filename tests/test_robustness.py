@@ -336,7 +336,67 @@ def test_video_keeps_alpha_and_grayscale_like_panorama(editor, tmp_path):
     assert loaded[0].mode == "RGBA"
 
 
+@pytest.mark.parametrize("command", ["video", "panorama", "demo"])
+def test_cli_switches_ctrl_c_to_unwinding_once_the_model_has_loaded(command, tmp_path, clip, monkeypatch):
+    """csd2d.cli.run calls interrupts_raise() after loading and before anything is written."""
+    from csd2d import _launch
+    from csd2d.editor import CSDEditor
+
+    seen = []
+
+    def record(*args, **kwargs):
+        seen.append(signal.getsignal(signal.SIGINT))
+        raise KeyboardInterrupt  # stop there; main answers 130
+
+    monkeypatch.setattr(CSDEditor, "edit_video", record)
+    monkeypatch.setattr(CSDEditor, "edit_panorama", record)
+    monkeypatch.setattr("csd2d.demo.run_demo", record)
+    argv = {"video": ["video", str(clip), "--prompt", "x", "--output", str(tmp_path / "o.gif")],
+            "panorama": ["panorama", str(tmp_path / "p.png"), "--prompt", "x", "--output", str(tmp_path / "o.png")],
+            "demo": ["demo", "--output", str(tmp_path / "demo")]}[command]
+    Image.new("RGB", (96, 64)).save(tmp_path / "p.png")
+    previous = signal.signal(signal.SIGINT, _launch._exit_now)  # as the console entry point installs it
+    try:
+        assert main([*argv, "--model", "embedded", "--device", "cpu", "--no-progress"]) == 130
+        assert seen == [signal.default_int_handler]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 # ------------------------------------------------------------------------------------- fault injection
+INTERRUPTED_MAIN = r"""
+import os, signal, sys, time, types
+import csd2d._launch as launch
+
+def main():
+    if sys.argv[1] == "editing":
+        launch.interrupts_raise()  # what csd2d.cli.run calls once the model has loaded
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    except KeyboardInterrupt:
+        print("raised")
+        if sys.argv[1] == "editing":
+            return 130
+    print("went on")  # a library that swallowed the interrupt in the middle of an import
+    return 0
+
+sys.modules["csd2d.cli"] = types.SimpleNamespace(main=main)
+launch.entrypoint()
+"""
+
+
+@pytest.mark.parametrize("phase", ["loading", "editing"])
+def test_ctrl_c_ends_at_once_while_loading_and_unwinds_while_editing(phase):
+    """Before the model has loaded Ctrl-C exits at once (nothing to clean up, and a library caught mid-import may
+    swallow a KeyboardInterrupt); after csd2d.cli.run's interrupts_raise() it raises, so writers clean up."""
+    proc = subprocess.run([sys.executable, "-c", INTERRUPTED_MAIN, phase], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 130, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout.split() == ([] if phase == "loading" else ["raised"]), proc.stdout
+    assert proc.stderr.strip().splitlines()[-1:] == ([INTERRUPTED] if phase == "loading" else []), proc.stderr
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_points_leaves_input_intact_and_output_absent_or_complete(tmp_path):
     src = tmp_path / "in"
@@ -358,7 +418,7 @@ def test_sigkill_at_random_points_leaves_input_intact_and_output_absent_or_compl
     assert "it/s]" not in first.stderr, "--no-progress leaves no progress bar, the libraries' included"
     assert complete(out)
     rng = random.Random(0)
-    for i in range(4):
+    for i in range(3):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.3, 1.1) * full)
         proc.send_signal(signal.SIGKILL)
