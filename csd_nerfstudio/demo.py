@@ -15,6 +15,7 @@ folder csd2d wrote).
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ import tyro
 
 from csd2d.io import InputError, add_to_manifest, atomic_dir, check_folder_output
 
-from .evaluate import EvalArgs, run_eval
+from .evaluate import EvalArgs, relocate_report, run_eval
 from .scenes import write_textured_scene
 
 DEMO_VIEWS = 30
@@ -58,23 +59,27 @@ class DemoArgs:
     """Replace an existing output folder that csd2d or this demo wrote."""
 
 
-def run(args: DemoArgs) -> Path:
+def run(args: DemoArgs, command: str = "python -m csd_nerfstudio.demo") -> Path:
+    """Write the demo into ``args.output``; ``command`` is the command line its report names."""
     check_folder_output(args.output, overwrite=args.overwrite)
     start = time.time()
     with atomic_dir(args.output) as tmp:
         data = write_textured_scene(tmp / "data", views=DEMO_VIEWS, seed=args.seed)
         run_eval(EvalArgs(data=data, output=tmp, prompt=args.prompt, model="embedded", arms=args.arms,
                           seeds=[args.seed], method="csd-edit-tiny", pretrain_steps=args.pretrain_steps,
-                          iterations=args.iterations, path_frames=DEMO_PATH_FRAMES, isolate=False))
+                          iterations=args.iterations, path_frames=DEMO_PATH_FRAMES, isolate=False),
+                 command=command)
+        relocate_report(tmp, args.output)  # the report names the folder it ends up in, not the temporary one
     add_to_manifest(args.output.parent, args.output.name)  # a csd2d demo --overwrite may replace it with its parent
     print(f"[csd-demo 3D] {args.output}/path.gif, report.md ({time.time() - start:.0f} s)")
     return args.output
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = tyro.cli(DemoArgs, args=argv)
     try:
-        run(args)
+        run(args, "python -m csd_nerfstudio.demo " + " ".join(shlex.quote(a) for a in argv))
     except (InputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -346,8 +346,9 @@ def _markdown(report: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_eval(args: EvalArgs) -> Dict:
-    """Run the comparison and write the report; returns the report."""
+def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
+    """Run the comparison and write the report; returns the report. ``command`` is the command line the report
+    names (default: this module's, with this process's arguments)."""
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
         raise ValueError(f"--arms: expected names from {sorted(ARMS)}, got {unknown}")
@@ -372,7 +373,9 @@ def run_eval(args: EvalArgs) -> Dict:
     base_spec = {**common, "arm": "base", "seed": args.seeds[0], "dir": str(base_dir), "settings": settings,
                  "iterations": 0 if args.load_dir else pretrain,
                  "load_dir": str(args.load_dir) if args.load_dir else None}
-    report: Dict = {"command": "python -m csd_nerfstudio.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "data": str(args.data),
+    if command is None:
+        command = "python -m csd_nerfstudio.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report: Dict = {"command": command, "data": str(args.data),
                     "prompt": args.prompt, "method": args.method, "seeds": args.seeds, "iterations": iterations,
                     "settings": settings, "base": {}, "arms": {}, "ratios": {}}
     error = None if done(base_dir) else _run(base_spec, args.output / "base.log", args.isolate)
@@ -441,10 +444,34 @@ def run_eval(args: EvalArgs) -> Dict:
     return report
 
 
-def _finish(args: EvalArgs, report: Dict) -> None:
-    write_text_atomic(args.output / "report.json", json.dumps(report, indent=1, default=str))
+def _write_report(folder: Path, report: Dict) -> None:
+    write_text_atomic(folder / "report.json", json.dumps(report, indent=1, default=str))
     if report.get("base", {}).get("metrics") is not None:
-        write_text_atomic(args.output / "report.md", _markdown(report))
+        write_text_atomic(folder / "report.md", _markdown(report))
+
+
+def _finish(args: EvalArgs, report: Dict) -> None:
+    _write_report(args.output, report)
+
+
+def relocate_report(folder: Path, final: Path) -> None:
+    """Rewrite ``folder``'s report so that its paths name ``final``, where the folder is about to be moved (a run
+    written into a temporary folder and swapped into place must not point at a folder that is gone)."""
+    pairs = [(str(folder.resolve()), str(final.resolve())), (str(folder), str(final))]
+
+    def move(value):
+        if isinstance(value, str):
+            for old, new in pairs:
+                if value == old or value.startswith(old + os.sep):
+                    return new + value[len(old):]
+            return value
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        return value
+
+    _write_report(folder, move(json.loads((folder / "report.json").read_text())))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -118,6 +118,32 @@ def test_evaluate_writes_report_pictures_and_survives_a_crashed_arm(sphere_scene
     assert sheet.height > 3 * 32  # photos, original scene and the arm
     assert "| csd |" in (out / "report.md").read_text()
     assert not list(out.glob(".*tmp*"))
+    # A report written in a temporary folder names the folder it is moved to (csd_nerfstudio.demo does this).
+    final = tmp_path / "final"
+    evaluate.relocate_report(out, final)
+    moved = (out / "report.json").read_text()
+    assert str(out) not in moved and str(final) in moved and str(out) not in (out / "report.md").read_text()
+    assert json.loads(moved)["arms"]["csd"]["seeds"]["0"]["fit_psnr"] == metrics["fit_psnr"]
+
+
+def test_demo_report_names_its_final_folder_and_command(tmp_path, monkeypatch):
+    """The 3D demo writes into a temporary folder and swaps it in; its report must not point at that folder."""
+    from csd_nerfstudio import demo
+
+    def fake_eval(args, command=None):  # the report run_eval writes, without the minutes of fitting
+        report = {"command": command, "data": str(args.data), "prompt": args.prompt, "method": args.method,
+                  "seeds": args.seeds, "iterations": 1, "settings": {}, "arms": {}, "ratios": {},
+                  "base": {"metrics": {"fit_psnr": 20.0}, "checkpoint_dir": str(args.output.resolve() / "base")}}
+        evaluate._write_report(args.output, report)
+        return report
+
+    monkeypatch.setattr(demo, "run_eval", fake_eval)
+    monkeypatch.chdir(tmp_path)
+    assert demo.main(["--output", "out/scene", "--arms", "csd"]) == 0
+    text = (tmp_path / "out" / "scene" / "report.json").read_text() + (tmp_path / "out/scene/report.md").read_text()
+    assert "csd2d-tmp" not in text and "out/scene/data" in text and str(tmp_path / "out/scene/base") in text
+    assert json.loads((tmp_path / "out/scene/report.json").read_text())["command"] == (
+        "python -m csd_nerfstudio.demo --output out/scene --arms csd")
 
 
 @pytest.mark.slow
