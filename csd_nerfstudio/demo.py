@@ -15,7 +15,6 @@ folder csd2d wrote).
 from __future__ import annotations
 
 import dataclasses
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import tyro
 
 from csd2d.io import InputError, add_to_manifest, atomic_dir, check_folder_output
 
-from .evaluate import EvalArgs, relocate_report, run_eval
+from .evaluate import EvalArgs, command_line, relocate_report, run_eval
 from .scenes import write_textured_scene
 
 DEMO_VIEWS = 30
@@ -79,7 +78,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = tyro.cli(DemoArgs, args=argv)
     try:
-        run(args, "python -m csd_nerfstudio.demo " + " ".join(shlex.quote(a) for a in argv))
+        run(args, command_line("csd_nerfstudio.demo", argv))
     except (InputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

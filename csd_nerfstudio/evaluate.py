@@ -346,6 +346,11 @@ def _markdown(report: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def command_line(module: str, argv: List[str]) -> str:
+    """``python -m MODULE ARGS…`` as a shell would take it back (what a report says produced it)."""
+    return " ".join(["python", "-m", module, *(shlex.quote(a) for a in argv)])
+
+
 def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
     """Run the comparison and write the report; returns the report. ``command`` is the command line the report
     names (default: this module's, with this process's arguments)."""
@@ -373,15 +378,13 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
     base_spec = {**common, "arm": "base", "seed": args.seeds[0], "dir": str(base_dir), "settings": settings,
                  "iterations": 0 if args.load_dir else pretrain,
                  "load_dir": str(args.load_dir) if args.load_dir else None}
-    if command is None:
-        command = "python -m csd_nerfstudio.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    report: Dict = {"command": command, "data": str(args.data),
+    report: Dict = {"command": command or command_line("csd_nerfstudio.evaluate", sys.argv[1:]), "data": str(args.data),
                     "prompt": args.prompt, "method": args.method, "seeds": args.seeds, "iterations": iterations,
                     "settings": settings, "base": {}, "arms": {}, "ratios": {}}
     error = None if done(base_dir) else _run(base_spec, args.output / "base.log", args.isolate)
     if error is not None:
         report["base"] = {"error": error}
-        _finish(args, report)
+        _write_report(args.output, report)
         raise RuntimeError(f"fitting the base scene failed; see {args.output / 'base.log'}:\n{error}")
     base_cost = json.loads((base_dir / "cost.json").read_text())
     load_dir = str(args.load_dir) if args.load_dir else base_cost["checkpoint_dir"]
@@ -440,7 +443,7 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
             write_contact_sheet(args.output / f"contact_seed{s}.png", rows)
         report["pictures"] = {"gif": "path.gif", "gif_seed": seed,
                               "contact_sheets": [f"contact_seed{s}.png" for s in args.seeds]}
-    _finish(args, report)
+    _write_report(args.output, report)
     return report
 
 
@@ -448,10 +451,6 @@ def _write_report(folder: Path, report: Dict) -> None:
     write_text_atomic(folder / "report.json", json.dumps(report, indent=1, default=str))
     if report.get("base", {}).get("metrics") is not None:
         write_text_atomic(folder / "report.md", _markdown(report))
-
-
-def _finish(args: EvalArgs, report: Dict) -> None:
-    _write_report(args.output, report)
 
 
 def relocate_report(folder: Path, final: Path) -> None:
