@@ -10,7 +10,8 @@ Registered through the ``nerfstudio.method_configs`` entry point:
 
 nerfstudio imports these entry points while it builds its own method table, so the configurations are
 derived on first access (:class:`DerivedMethod`) rather than at import: importing this module never imports
-``nerfstudio.configs.method_configs`` and so never recurses into it.
+``nerfstudio.configs.method_configs`` and so never recurses into it. Each is a :class:`CSDTrainerConfig`
+(nerfstudio's TrainerConfig with checks first, atomic checkpoints that hold the edits, and Ctrl-C that saves).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from .models import CSDNerfactoModelConfig, CSDSplatfactoModelConfig
 from .pipeline import CSDPipelineConfig
+from .trainer import CSDTrainerConfig
 
 __all__ = ["DerivedMethod", "csd_edit", "csd_edit_small", "csd_edit_splat", "csd_edit_tiny", "csd_edit_paper",
            "EDIT_ITERATIONS", "DISTILL_PATCH", "METHODS", "method_config"]
@@ -89,8 +91,8 @@ def _csd_edit() -> TrainerConfig:
         model=_same_fields(base.pipeline.model, CSDNerfactoModelConfig),
         patch_size=DISTILL_PATCH,
     )
-    return dataclasses.replace(
-        base, method_name="csd-edit", pipeline=pipeline, viewer=_local_viewer(base),
+    return _same_fields(
+        base, CSDTrainerConfig, method_name="csd-edit", pipeline=pipeline, viewer=_local_viewer(base),
         max_num_iterations=pipeline.pretrain_steps + EDIT_ITERATIONS,
         steps_per_eval_batch=1000, steps_per_eval_image=1000, steps_per_save=1000,
     )
@@ -109,8 +111,8 @@ def _csd_edit_splat() -> TrainerConfig:
     pipeline = _same_fields(
         base.pipeline, CSDPipelineConfig, model=_same_fields(base.pipeline.model, CSDSplatfactoModelConfig)
     )
-    return dataclasses.replace(base, method_name="csd-edit-splat", pipeline=pipeline, viewer=_local_viewer(base),
-                               max_num_iterations=pipeline.pretrain_steps + EDIT_ITERATIONS)
+    return _same_fields(base, CSDTrainerConfig, method_name="csd-edit-splat", pipeline=pipeline,
+                        viewer=_local_viewer(base), max_num_iterations=pipeline.pretrain_steps + EDIT_ITERATIONS)
 
 
 TINY_PRETRAIN_STEPS = 1500

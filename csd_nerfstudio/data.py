@@ -46,12 +46,21 @@ class TrainImages:
         return to_float(self.originals[index])
 
     def set(self, index: int, image: Float[Tensor, "H W 3"]) -> None:
-        """Replace training image ``index`` with ``image`` (float ``[H, W, 3]``), in the cache's dtype."""
-        dst = self._slot(index)
-        value = image[..., : dst.shape[-1]].to(dst.device)
-        if dst.dtype == torch.uint8:
-            value = (value.clamp(0, 1) * 255).round()
-        dst.copy_(value.to(dst.dtype))
+        """Replace the colour of training image ``index`` with ``image`` (float ``[H, W, 3]``), in the cache's
+        dtype. An alpha channel (RGBA scenes) is the photo's and stays. Values are rounded to 8 bits in a float
+        cache too, so that the edits a checkpoint stores as uint8 (:meth:`uint8`) are exactly what trains."""
+        dst = self._slot(index)[..., :3]
+        value = (image[..., :3].to(dst.device).float().clamp(0, 1) * 255).round()
+        dst.copy_(value.to(dst.dtype) if dst.dtype == torch.uint8 else (value / 255).to(dst.dtype))
+
+    def uint8(self, index: int) -> Tensor:
+        """Current training image ``index`` as uint8 ``[H, W, C]`` on the CPU, alpha included (C = 3 or 4)."""
+        img = self._slot(index)
+        return img.cpu() if img.dtype == torch.uint8 else (img.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+    def edited(self) -> list:
+        """Indices of the training images that differ from their photos."""
+        return [i for i in range(len(self)) if not torch.equal(self._slot(i), self.originals[i].to(self._slot(i).device))]
 
 
 def to_float(img: Tensor) -> Tensor:

@@ -359,6 +359,10 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
         raise ValueError(f"--arms: expected names from {sorted(ARMS)}, got {unknown}")
     if not (args.data / "transforms.json").is_file():
         raise ValueError(f"--data: expected a nerfstudio scene folder with transforms.json, got {str(args.data)!r}")
+    data, output = args.data.resolve(), args.output.resolve()
+    if output == data or data in output.parents:
+        raise ValueError(f"--output: expected a folder outside the scene (the input is never written to), got "
+                         f"{str(args.output)!r}, inside --data {str(args.data)!r}")
     if args.captions is not None and len(args.captions) != 2:
         raise ValueError(f"--captions: expected two captions (source, target), got {len(args.captions)}")
     settings = {"prompt": args.prompt, "diffusion_model": args.model, **parse_overrides(args.set)}

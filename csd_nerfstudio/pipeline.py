@@ -17,11 +17,12 @@ dataset update runs in a background thread while the scene keeps training (the e
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import List, Literal, Optional, Tuple, Type
+from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineC
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerDropdown, ViewerNumber, ViewerText
 
+from .checks import SceneError
 from .data import TrainImages
 from .updates import EditJob, csd_update, in2n_update
 from .views import neighbouring_views, random_crop, render_view, resize, select_views, view_camera
@@ -188,10 +190,17 @@ class CSDPipeline(VanillaPipeline):
         self.updates = 0
         self.edited_views: List[List[int]] = []
         self.edit_start = config.pretrain_steps
-        """First step at which updates run (pretraining before it; 0 once a checkpoint is loaded)."""
+        """First step at which updates run (pretraining before it; see :meth:`load_pipeline` after a load)."""
+        self._announced = False
+        self.images: Optional[TrainImages] = None
         if test_mode != "val":  # ns-render / ns-viewer / eval: the scene only, no diffusion model
             return
         self.images = TrainImages(self.datamanager)
+        if config.update == "csd" or config.mode == "distill":
+            if config.edit.batch > len(self.images):
+                CONSOLE.print(f"[bold yellow]--pipeline.edit.batch {config.edit.batch} is more than the scene's "
+                              f"{len(self.images)} training views: each update edits all {len(self.images)} (N = "
+                              f"{len(self.images)})")
         self.diffusion_device = torch.device(config.diffusion_device or device)
         self.guidance = IP2PGuidance.from_pretrained(
             config.diffusion_model, device=self.diffusion_device, torch_dtype=getattr(torch, config.diffusion_dtype),
@@ -199,8 +208,9 @@ class CSDPipeline(VanillaPipeline):
         )
         num = len(self.guidance.alphas_cumprod)
         if not 0 <= config.edit.t_min <= config.edit.t_max < num:
-            raise ValueError(f"edit.t_max: expected 0 <= edit.t-min <= edit.t-max < {num} (the schedule of "
-                             f"{config.diffusion_model!r}), got t_min={config.edit.t_min}, t_max={config.edit.t_max}")
+            raise ConfigError("--pipeline.edit.t-max", f"expected 0 <= edit.t-min <= edit.t-max < {num} (the schedule "
+                              f"of {config.diffusion_model!r}), got t_min={config.edit.t_min}, "
+                              f"t_max={config.edit.t_max}")
         self.text_emb = self.guidance.encode_prompt([config.prompt])
         self.source_emb = self.guidance.encode_prompt([config.edit.source_prompt])
         asynchronous = config.asynchronous
@@ -261,11 +271,87 @@ class CSDPipeline(VanillaPipeline):
         self.text_emb = self.guidance.encode_prompt([prompt])
         self._refresh_status()
 
-    # ------------------------------------------------------------------ training
+    # ------------------------------------------------------------------ state
+    EDIT_PREFIX = "_csd."
+    """State-dict keys of the edit (beside nerfstudio's ``_model.*``): ``_csd.meta`` (JSON as uint8: update
+    counter, views of each update, edit start), ``_csd.rng`` (torch's CPU RNG state) and ``_csd.view.I`` (training
+    view I as uint8 ``[H, W, 3]``, for every view that differs from its photo)."""
+
+    def edit_state(self) -> Dict[str, Tensor]:
+        """The edit's part of a checkpoint (see :attr:`EDIT_PREFIX`): what a resumed run needs to go on where
+        this one stopped. An asynchronous update still in flight is not counted: a resume runs it again."""
+        p = self.EDIT_PREFIX
+        in_flight = 1 if self._pending is not None else 0
+        meta = {"version": 1, "updates": self.updates - in_flight, "edited_views": self.edited_views,
+                "edit_start": self.edit_start}
+        state = {f"{p}meta": torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8),
+                 f"{p}rng": torch.get_rng_state()}
+        if self.images is not None:
+            for i in self.images.edited():
+                state[f"{p}view.{i}"] = self.images.uint8(i)[..., :3].contiguous()
+        return state
+
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """nerfstudio's state (``_model.*``) plus :meth:`edit_state`, so every checkpoint keeps the edits."""
+        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for key, value in self.edit_state().items():
+            state[prefix + key] = value
+        return state
+
     def load_pipeline(self, loaded_state, step: int) -> None:
-        """Load a checkpoint (``--load-dir``): the scene is fitted already, so editing starts at once."""
-        super().load_pipeline(loaded_state, step)
-        self.edit_start = 0
+        """Load a checkpoint (``--load-dir``). A checkpoint of ours restores its edited views, update counter and
+        RNG state, and goes on pretraining when it was saved before ``pretrain_steps``; any other fitted scene
+        (plain nerfacto or splatfacto, or a checkpoint without edits saved after pretraining) is edited at once."""
+        p = self.EDIT_PREFIX
+        edit = {k[len(p):]: v for k, v in loaded_state.items() if k.startswith(p)}
+        super().load_pipeline({k: v for k, v in loaded_state.items() if not k.startswith(p)}, step)
+        if "meta" not in edit:
+            self.edit_start = 0
+            return
+        meta = json.loads(bytes(edit["meta"].tolist()).decode())
+        self.updates = int(meta["updates"])
+        self.edited_views = [list(v) for v in meta["edited_views"]][: self.updates]
+        still_pretraining = self.updates == 0 and step + 1 < self.config.pretrain_steps
+        self.edit_start = self.config.pretrain_steps if still_pretraining else 0
+        if "rng" in edit:
+            torch.set_rng_state(edit["rng"])
+        if self.images is None:  # a viewer or renderer: the scene alone
+            return
+        for key, view in edit.items():
+            if not key.startswith("view."):
+                continue
+            index = int(key[len("view."):])
+            if index >= len(self.images):
+                raise SceneError(f"--load-dir: the checkpoint holds an edit of training view {index}, but this "
+                                 f"scene has {len(self.images)} training views (another scene or split?)")
+            shape = tuple(self.images.get(index).shape[:2])
+            if tuple(view.shape[:2]) != shape:
+                raise SceneError(f"--load-dir: the checkpoint's edit of training view {index} is "
+                                 f"{view.shape[1]}×{view.shape[0]}, this scene's view is {shape[1]}×{shape[0]} "
+                                 f"(another downscale?)")
+            self.images.set(index, view.float() / 255.0)
+
+    def edited_images(self) -> List[Tensor]:
+        """The edited scene's training views as uint8 ``[H, W, C]`` (CPU, training order, alpha kept): the
+        training images in dataset mode; in distill mode, where the edit lives in the scene alone, its renders
+        at the photos' resolution."""
+        if self.config.mode == "dataset":
+            return [self.images.uint8(i) for i in range(len(self.images))]
+        out = []
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for i in range(len(self.images)):
+                    camera = view_camera(self.datamanager.train_dataset.cameras, i, 10**9, self.device)
+                    rgb = render_view(self.model, camera, i, chunk=self.config.render_chunk)
+                    img = (rgb.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+                    photo = self.images.uint8(i)
+                    out.append(torch.cat([img, photo[..., 3:]], dim=-1) if photo.shape[-1] == 4 else img)
+        finally:
+            self.model.train()
+        return out
+
+    # ------------------------------------------------------------------ training
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes
                                ) -> List[TrainingCallback]:
@@ -288,6 +374,10 @@ class CSDPipeline(VanillaPipeline):
     def get_train_loss_dict(self, step: int):
         due = (self.guidance is not None and not self.paused and step >= self.edit_start
                and step % self.config.edit_rate == 0)
+        if due and not self._announced:
+            self._announced = True
+            CONSOLE.print(f"csd-edit: editing starts at step {step} ({self.config.update} update, "
+                          f"{self.config.mode} mode, {self.updates} updates done)")
         if due and self.config.mode == "dataset":
             start = time.perf_counter()
             self._dataset_update(step)

@@ -50,7 +50,7 @@ def test_pipeline_config_is_validated_when_built(sphere_scene, tiny_model_dir, t
         SceneEditConfig(lr=math.nan)  # csd2d's own checks, named as ns-train's flag
     # The timestep range is checked against the model's schedule when the model loads, before any step.
     bad = fast_config(sphere_scene, tiny_model_dir, tmp_path, edit={"t_max": 5000})
-    with pytest.raises(ValueError, match=r"^edit.t_max: expected .* < 1000"):
+    with pytest.raises(ValueError, match=r"^--pipeline.edit.t-max: expected .* < 1000"):
         make_pipeline(bad)
 
 
