@@ -192,6 +192,8 @@ class CSDPipeline(VanillaPipeline):
         self.edit_start = config.pretrain_steps
         """First step at which updates run (pretraining before it; see :meth:`load_pipeline` after a load)."""
         self._announced = False
+        self.finished = False
+        """Set by the trainer before its final checkpoint: the run did all its steps (saved in ``edit_state``)."""
         self.images: Optional[TrainImages] = None
         if test_mode != "val":  # ns-render / ns-viewer / eval: the scene only, no diffusion model
             return
@@ -283,7 +285,7 @@ class CSDPipeline(VanillaPipeline):
         p = self.EDIT_PREFIX
         in_flight = 1 if self._pending is not None else 0
         meta = {"version": 1, "updates": self.updates - in_flight, "edited_views": self.edited_views,
-                "edit_start": self.edit_start}
+                "edit_start": self.edit_start, "finished": self.finished}
         state = {f"{p}meta": torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8),
                  f"{p}rng": torch.get_rng_state()}
         if self.images is not None:
@@ -300,8 +302,10 @@ class CSDPipeline(VanillaPipeline):
 
     def load_pipeline(self, loaded_state, step: int) -> None:
         """Load a checkpoint (``--load-dir``). A checkpoint of ours restores its edited views, update counter and
-        RNG state, and goes on pretraining when it was saved before ``pretrain_steps``; any other fitted scene
-        (plain nerfacto or splatfacto, or a checkpoint without edits saved after pretraining) is edited at once."""
+        RNG state. When its run was stopped inside its pretraining (no update yet, step below that run's
+        ``pretrain_steps``, training not finished), pretraining goes on to that step. Any other fitted scene is
+        edited at once: a plain nerfacto or splatfacto checkpoint, or one of ours from a run that finished (a
+        pretrain-only run such as ``csd_nerfstudio.evaluate``'s base scene) or had started editing."""
         p = self.EDIT_PREFIX
         edit = {k[len(p):]: v for k, v in loaded_state.items() if k.startswith(p)}
         super().load_pipeline({k: v for k, v in loaded_state.items() if not k.startswith(p)}, step)
@@ -311,8 +315,9 @@ class CSDPipeline(VanillaPipeline):
         meta = json.loads(bytes(edit["meta"].tolist()).decode())
         self.updates = int(meta["updates"])
         self.edited_views = [list(v) for v in meta["edited_views"]][: self.updates]
-        still_pretraining = self.updates == 0 and step + 1 < self.config.pretrain_steps
-        self.edit_start = self.config.pretrain_steps if still_pretraining else 0
+        saved_start = int(meta.get("edit_start", 0))
+        still_pretraining = self.updates == 0 and not meta.get("finished", False) and step + 1 < saved_start
+        self.edit_start = saved_start if still_pretraining else 0
         if "rng" in edit:
             torch.set_rng_state(edit["rng"])
         if self.images is None:  # a viewer or renderer: the scene alone

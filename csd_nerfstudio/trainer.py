@@ -168,6 +168,7 @@ class CSDTrainer(Trainer):
 
     def _after_train(self) -> None:
         self.pipeline.finish_pending()  # the last asynchronous update belongs in the final checkpoint
+        self.pipeline.finished = True  # a resume of the final checkpoint edits at once: pretraining is done
         self.write_edited()
         super()._after_train()
 

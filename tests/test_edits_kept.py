@@ -48,8 +48,9 @@ def copy_scene(scene: Path, dst: Path) -> Path:
     return dst
 
 
-def ns_train_in_process(args, capsys):
-    """ns-train's own entry point (nerfstudio.scripts.train.entrypoint) in this process: (exit code, stderr)."""
+def ns_train_in_process(args, capsys, out=False):
+    """ns-train's own entry point (nerfstudio.scripts.train.entrypoint) in this process: (exit code, stderr),
+    or (exit code, stderr, stdout) with ``out``."""
     from nerfstudio.scripts import train
 
     argv = sys.argv
@@ -61,7 +62,8 @@ def ns_train_in_process(args, capsys):
         code = exit_.code
     finally:
         sys.argv = argv
-    return code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return (code, captured.err, captured.out) if out else (code, captured.err)
 
 
 def load_ckpt(run: Path):
@@ -189,15 +191,17 @@ def test_fewer_views_than_the_batch_say_n_becomes_the_view_count_and_rgba_keeps_
         alphas[image.name] = alpha
     before = tree_sha1(data)
     out = tmp_path / "out"
-    code, err = ns_train_in_process(["--data", str(data), "--output-dir", str(out), *FAST, "--timestamp", "run",
-                                     "--pipeline.pretrain-steps", "0", "--pipeline.edit.batch", "50",
-                                     "--max-num-iterations", "2"], capsys)
+    code, err, said = ns_train_in_process(["--data", str(data), "--output-dir", str(out), *FAST, "--timestamp",
+                                           "run", "--pipeline.pretrain-steps", "0", "--pipeline.edit.batch", "50",
+                                           "--max-num-iterations", "2"], capsys, out=True)
     assert code == 0, err[-3000:]
+    assert "--pipeline.edit.batch 50 is more than the scene's 9 training views" in " ".join(said.split())
     run = out / "scene" / METHOD / "run"
     edited = json.loads((run / "edited" / "transforms.json").read_text())
     assert len(edited["frames"]) == 9
     _, meta, views = load_ckpt(run)
     assert meta["edited_views"] and sorted(meta["edited_views"][0]) == list(range(9))  # N became 9
+    assert meta["finished"]  # the final checkpoint: loading it edits at once
     assert sorted(views) == list(range(9))
     for frame in edited["frames"]:
         img = np.asarray(Image.open(run / "edited" / frame["file_path"]))
@@ -206,16 +210,38 @@ def test_fewer_views_than_the_batch_say_n_becomes_the_view_count_and_rgba_keeps_
         assert np.array_equal(img[..., 3], alphas[photo])  # alpha kept exactly
         original = np.asarray(Image.open(data / "images" / photo))[..., :3]
         assert np.abs(img[..., :3].astype(int) - original).mean() > 2  # the colour was edited
+    # A nerfstudio dataset with the input's cameras: nerfstudio's own parser reads the same poses from both.
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    def poses(folder):
+        parsed = NerfstudioDataParserConfig(data=folder).setup().get_dataparser_outputs("train")
+        order = np.argsort([p.name.split("_", 1)[-1] for p in parsed.image_filenames])
+        return parsed.cameras.camera_to_worlds[order]
+
+    assert torch.allclose(poses(run / "edited"), poses(data), atol=1e-6)
     assert tree_sha1(data) == before
 
 
 # -------------------------------------------------------------------------------------- stop, kill, resume
-def _start(args, log: Path):
+@pytest.fixture
+def started():
+    """The ns-train processes a test starts; any still running when it ends (a failed test) are killed."""
+    procs = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _start(args, log: Path, started: list):
     # One thread: a run sharing its cores with another process otherwise spends its steps in OpenMP barriers.
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     out = open(log, "w")
-    return subprocess.Popen([str(BIN / "ns-train"), METHOD, *args], stdout=out, stderr=subprocess.STDOUT, env=env,
+    proc = subprocess.Popen([str(BIN / "ns-train"), METHOD, *args], stdout=out, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
+    started.append(proc)
+    return proc
 
 
 def _wait_for(check, proc, what, timeout=240):
@@ -238,12 +264,14 @@ def _images_equal_edits(run: Path, scene: Path):
     from csd_nerfstudio.config import method_config
 
     step, meta, views = load_ckpt(run)
+    rng = torch.load(sorted((run / "nerfstudio_models").glob("*.ckpt"))[-1], weights_only=True)["pipeline"]["_csd.rng"]
     config = method_config(METHOD, scene, run.parent / "probe", 1, {"prompt": "recolor it", "pretrain_steps": 0})
     config = dataclasses.replace(config, load_dir=run / "nerfstudio_models")
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     pipe = trainer.pipeline
     assert pipe.updates == meta["updates"] and pipe.edited_views == meta["edited_views"]
+    assert torch.equal(torch.get_rng_state(), rng)  # the pixel sampler's stream goes on where it stopped
     for i in range(len(pipe.images)):
         expected = views[i] if i in views else pipe.images.originals[i][..., :3].mul(255).round().to(torch.uint8)
         assert torch.equal(pipe.images.uint8(i)[..., :3], expected), i
@@ -251,26 +279,26 @@ def _images_equal_edits(run: Path, scene: Path):
 
 
 @pytest.mark.slow
-def test_sigkill_after_a_checkpoint_then_resume_goes_on_and_sigint_saves_with_130(scene, tmp_path):
+def test_sigkill_after_a_checkpoint_then_resume_goes_on_and_sigint_saves_with_130(scene, tmp_path, started):
     before = tree_sha1(scene)
     common = ["--data", str(scene), *FAST, "--pipeline.pretrain-steps", "0", "--pipeline.edit-rate", "4",
               "--steps-per-save", "8", "--max-num-iterations", "100000"]
     # 1. SIGKILL once a checkpoint after two updates exists (checkpoints are renamed into place: never partial).
     out1 = tmp_path / "one"
-    proc = _start(common + ["--output-dir", str(out1), "--timestamp", "run"], tmp_path / "one.log")
+    proc = _start(common + ["--output-dir", str(out1), "--timestamp", "run"], tmp_path / "one.log", started)
     run1 = out1 / "scene" / METHOD / "run"
     _wait_for(lambda: any((run1 / "nerfstudio_models").glob("step-*.ckpt")), proc, "a checkpoint")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     step1, meta1, views1 = load_ckpt(run1)
-    assert meta1["updates"] >= 2 and views1  # steps 0, 4, 8: the edits are in the checkpoint
+    assert meta1["updates"] >= 2 and views1 and not meta1["finished"]  # steps 0, 4, 8: edits in the checkpoint
     pipe = _images_equal_edits(run1, scene)
     assert pipe.edit_start == 0  # edits had started: a resume edits on at once
     # 2. Resume from it; SIGINT during an update: the update finishes, a checkpoint and edited/ are written, 130.
     out2 = tmp_path / "two"
     log2 = tmp_path / "two.log"
     proc = _start(common + ["--output-dir", str(out2), "--timestamp", "run", "--load-dir",
-                            str(run1 / "nerfstudio_models")], log2)
+                            str(run1 / "nerfstudio_models")], log2, started)
     _wait_for(lambda: "editing starts" in log2.read_text(), proc, "the first update")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130, log2.read_text()[-3000:]
@@ -294,11 +322,11 @@ def test_sigkill_after_a_checkpoint_then_resume_goes_on_and_sigint_saves_with_13
 
 
 @pytest.mark.slow
-def test_sigterm_in_pretraining_saves_143_and_a_resume_goes_on_pretraining(scene, tmp_path):
+def test_sigterm_in_pretraining_saves_143_and_a_resume_goes_on_pretraining(scene, tmp_path, started):
     out = tmp_path / "out"
     log = tmp_path / "log"
     proc = _start(["--data", str(scene), *FAST, "--pipeline.pretrain-steps", "1000", "--steps-per-save", "5",
-                   "--max-num-iterations", "100000", "--output-dir", str(out), "--timestamp", "run"], log)
+                   "--max-num-iterations", "100000", "--output-dir", str(out), "--timestamp", "run"], log, started)
     run = out / "scene" / METHOD / "run"
     _wait_for(lambda: any((run / "nerfstudio_models").glob("step-*.ckpt")), proc, "a checkpoint")
     proc.send_signal(signal.SIGTERM)
@@ -306,24 +334,16 @@ def test_sigterm_in_pretraining_saves_143_and_a_resume_goes_on_pretraining(scene
     step, meta, views = load_ckpt(run)
     assert step >= 5 and meta["updates"] == 0 and not views
     assert (run / "edited" / "transforms.json").is_file()
-    pipe = _images_equal_edits(run, scene)  # the probe's pretrain-steps is 0: nothing says still pretraining
-    assert pipe.edit_start == 0
-    import dataclasses
-
-    from csd_nerfstudio.config import method_config
-
-    config = method_config(METHOD, scene, tmp_path / "resume", 1, {"prompt": "recolor it", "pretrain_steps": 1000})
-    trainer = dataclasses.replace(config, load_dir=run / "nerfstudio_models").setup(local_rank=0, world_size=1)
-    trainer.setup()
-    assert trainer.pipeline.edit_start == 1000  # saved inside pretraining: the resume goes on pretraining
+    pipe = _images_equal_edits(run, scene)  # the probe's own pretrain-steps is 0; the checkpoint's run had 1000
+    assert pipe.edit_start == 1000  # saved inside its pretraining: the resume goes on pretraining
 
 
-def test_a_second_signal_quits_at_once(scene, tmp_path):
+def test_a_second_signal_quits_at_once(scene, tmp_path, started):
     out = tmp_path / "out"
     log = tmp_path / "log"
     proc = _start(["--data", str(scene), *FAST, "--pipeline.pretrain-steps", "0", "--steps-per-save", "1000",
                    "--pipeline.edit.steps", "100000", "--max-num-iterations", "100000", "--output-dir", str(out),
-                   "--timestamp", "run"], log)  # an update that takes minutes
+                   "--timestamp", "run"], log, started)  # an update that takes minutes
     _wait_for(lambda: "editing starts" in log.read_text(), proc, "the first update")
     proc.send_signal(signal.SIGINT)
     _wait_for(lambda: "stopping after this step" in log.read_text(), proc, "the first signal's answer")
@@ -333,16 +353,26 @@ def test_a_second_signal_quits_at_once(scene, tmp_path):
     assert not list((out / "scene" / METHOD / "run").glob("nerfstudio_models/*.ckpt"))
 
 
-def test_plain_fitted_scene_is_edited_at_once(scene, tmp_path):
-    """A checkpoint with no edit state (plain nerfacto, splatfacto) is a fitted scene: editing starts at once."""
+def test_fitted_scenes_are_edited_at_once_and_a_stopped_pretrain_goes_on(scene, tmp_path):
+    """No edit state (plain nerfacto, splatfacto), or ours from a run that finished (a pretrain-only run, as
+    evaluate's base scene): a fitted scene, edited at once. Ours stopped inside its pretraining: it goes on."""
     from csd_nerfstudio.config import method_config
 
-    config = method_config(METHOD, scene, tmp_path, 1, {"prompt": "recolor it", "pretrain_steps": 1000})
-    pipe = config.pipeline.setup(device="cpu", test_mode="val")
-    state = {k: v for k, v in pipe.state_dict().items() if not k.startswith("_csd.")}
-    assert pipe.edit_start == 1000
-    pipe.load_pipeline(state, step=29999)
+    def pipeline(pretrain):
+        config = method_config(METHOD, scene, tmp_path, 1, {"prompt": "recolor it", "pretrain_steps": pretrain})
+        return config.pipeline.setup(device="cpu", test_mode="val")
+
+    saved = pipeline(500)
+    pipe = pipeline(1500)
+    assert pipe.edit_start == 1500
+    pipe.load_pipeline({k: v for k, v in saved.state_dict().items() if not k.startswith("_csd.")}, step=29999)
     assert pipe.edit_start == 0 and pipe.updates == 0
+    saved.finished = True
+    pipe.load_pipeline(saved.state_dict(), step=499)
+    assert pipe.edit_start == 0
+    saved.finished = False
+    pipe.load_pipeline(saved.state_dict(), step=199)
+    assert pipe.edit_start == 500  # the saved run's own pretraining goes on
 
 
 def test_evaluate_refuses_an_output_inside_the_scene(scene, tmp_path, capsys):
@@ -351,7 +381,8 @@ def test_evaluate_refuses_an_output_inside_the_scene(scene, tmp_path, capsys):
     data = copy_scene(scene, tmp_path / "scene")
     before = tree_sha1(data)
     for output in (data, data / "eval"):
-        assert main(["--data", str(data), "--output", str(output)]) == 2
+        # one caption: refused just after the output check, so a missing check fails here instead of running
+        assert main(["--data", str(data), "--output", str(output), "--captions", "one"]) == 2
         err = capsys.readouterr().err
         assert "--output" in err and "inside --data" in err, err
     assert tree_sha1(data) == before

@@ -114,11 +114,12 @@ def test_pretraining_leaves_training_images_alone_until_it_ends(sphere_scene, ti
     pipeline.get_train_loss_dict(4)
     (chosen,) = pipeline.edited_views
     assert all(not torch.equal(pipeline.images.get(i), originals[i]) for i in chosen)
-    # A loaded checkpoint (--load-dir) is edited at once.
+    # A loaded checkpoint whose edits had started (--load-dir) edits on at once, from its saved update counter.
     loaded = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path / "l", pretrain_steps=4, edit_rate=2))
     loaded.load_pipeline(pipeline.state_dict(), step=0)
+    assert all(torch.equal(loaded.images.get(i), pipeline.images.get(i)) for i in range(len(pipeline.images)))
     loaded.get_train_loss_dict(0)
-    assert len(loaded.edited_views) == 1
+    assert loaded.edited_views == [chosen, pipeline.select_views(1)]
 
 
 # ------------------------------------------------------------------------------------------- IN2N's update
