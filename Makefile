@@ -48,4 +48,4 @@ demo: setup
 	$(BIN)/python -m csd_nerfstudio.demo --output csd-demo/scene
 
 test: setup core browser
-	CSD_CORE_PYTHON="$(CURDIR)/$(CORE)/bin/python" $(BIN)/python -m pytest -q
+	CSD_CORE_PYTHON="$(CURDIR)/$(CORE)/bin/python" $(BIN)/python -m pytest -q --durations=25

@@ -4,9 +4,12 @@ Registered through the ``nerfstudio.method_configs`` entry point:
 
 - ``csd-edit``: nerfacto + CSD-Edit.
 - ``csd-edit-small``: the same with half-precision diffusion and no LPIPS (``dataclasses.replace``).
-- ``csd-edit-splat``: splatfacto (3D Gaussian splatting, needs CUDA to train) + CSD-Edit.
+- ``csd-edit-splat``: splatfacto (3D Gaussian splatting) + CSD-Edit: gsplat's CUDA kernels on a GPU, its pure-torch
+  references (:mod:`csd_nerfstudio.splat_cpu`) on a CPU.
 - ``csd-edit-tiny``: a small nerfacto, the embedded diffusion model and no LPIPS: sized for a CPU and tests.
 - ``csd-edit-paper``: the paper's 3D schedule (Appendix D): 16 random views every 2,000 steps after a 30k pretrain.
+- ``csd-edit-splat-tiny``: csd-edit-splat sized for a CPU as csd-edit-tiny is: few Gaussians, 64 px views, the
+  embedded model.
 
 nerfstudio imports these entry points while it builds its own method table, so the configurations are
 derived on first access (:class:`DerivedMethod`) rather than at import: importing this module never imports
@@ -30,7 +33,7 @@ from .pipeline import CSDPipelineConfig
 from .trainer import CSDTrainerConfig
 
 __all__ = ["DerivedMethod", "csd_edit", "csd_edit_small", "csd_edit_splat", "csd_edit_tiny", "csd_edit_paper",
-           "EDIT_ITERATIONS", "DISTILL_PATCH", "METHODS", "method_config"]
+           "csd_edit_splat_tiny", "EDIT_ITERATIONS", "DISTILL_PATCH", "METHODS", "method_config"]
 
 EDIT_ITERATIONS = 15000
 """Editing steps after pretraining (our choice for csd-edit; with --load-dir pass --max-num-iterations this)."""
@@ -164,15 +167,63 @@ def _csd_edit_paper() -> TrainerConfig:
     return dataclasses.replace(base, method_name="csd-edit-paper", pipeline=pipeline)
 
 
+SPLAT_TINY_PRETRAIN_STEPS = 1500
+"""csd-edit-splat-tiny's pretraining: csd-edit-tiny's, so that the two compare at the same steps. Our measurement
+on the face scene at 64 px (30 views, random init, 2 CPU cores, 3 runs): 28.3–28.9 dB against the photos after
+1,500 steps in 131–143 s of training, where csd-edit-tiny's nerfacto reaches 27.6–27.9 dB in 139–179 s."""
+SPLAT_TINY_GAUSSIANS = 1000
+"""csd-edit-splat-tiny's Gaussians at the start on a scene without a point cloud (splatfacto: 50,000). Our
+measurement on the face scene at 64 px after 1,500 steps: 1,000 grew to 11.9k Gaussians and 28.4 dB, 2,000 to
+16.9k and 28.3 dB (densified as below); with splatfacto's screen-size splits 1,000 / 2,000 / 5,000 reached 27.6 /
+27.9 / 28.0 dB with 20k / 28k / 43k Gaussians."""
+SPLAT_TINY_RANDOM_SCALE = 3.0
+"""Side of the cube random Gaussians start in (splatfacto: 10; nerfstudio scales the cameras into [−1, 1]). Our
+measurement (2,000 Gaussians, 1,500 steps, face at 64 px): 27.9 dB against 22.8 dB with 10, whose cube lies
+mostly outside every view."""
+SPLAT_TINY_WARMUP = 200
+"""Steps before csd-edit-splat-tiny first refines (splatfacto: 500 of 30k). Our measurement (2,000 Gaussians,
+densify threshold 0.002, face at 64 px): 25.9 dB after 1,000 steps against 24.1 dB with 500."""
+
+
+def _csd_edit_splat_tiny() -> TrainerConfig:
+    """csd-edit-splat sized for a CPU, as csd-edit-tiny is for csd-edit: few Gaussians (``num_random``, in a
+    cube of side 3, when the scene has no point cloud), no low-resolution start (64 px views are small already:
+    splatfacto's would fit 16 px images for its first 3,000 steps), refinement from step 200 until the end of
+    pretraining and no screen-size splits; the embedded diffusion model at its 64 px training size, csd-edit-tiny's
+    learning rate and editing steps; no LPIPS; CPU, where it renders with csd_nerfstudio.splat_cpu.
+
+    No screen-size splits (``stop_screen_size_at=0``): splatfacto splits every Gaussian wider than 5 % of the
+    view at each refinement; at 64 px that is a radius of 3.2 px, which every Gaussian of more than 1 px standard
+    deviation has (radius ceil(3σ) with gsplat's 0.3 px² blur). Our measurement: 1,000 Gaussians became 168k by
+    step 1,500 (refining every 50 steps from step 100) and 0.34 s per step, with no better fit. Refinement stops
+    at the end of pretraining as csd-edit-splat's does (15k of its 30k), so edits do not densify the scene."""
+    base = csd_edit_splat.config
+    model = dataclasses.replace(
+        base.pipeline.model, lpips=False, num_random=SPLAT_TINY_GAUSSIANS, random_scale=SPLAT_TINY_RANDOM_SCALE,
+        num_downscales=0, warmup_length=SPLAT_TINY_WARMUP, stop_split_at=SPLAT_TINY_PRETRAIN_STEPS,
+        stop_screen_size_at=0,
+    )
+    pipeline = dataclasses.replace(base.pipeline, model=model, diffusion_model="embedded", render_max_side=64,
+                                   pretrain_steps=SPLAT_TINY_PRETRAIN_STEPS,
+                                   edit=dataclasses.replace(base.pipeline.edit, lr=TINY_LR))
+    return dataclasses.replace(
+        base, method_name="csd-edit-splat-tiny", pipeline=pipeline,
+        machine=dataclasses.replace(base.machine, device_type="cpu"),
+        max_num_iterations=SPLAT_TINY_PRETRAIN_STEPS + TINY_EDIT_ITERATIONS, steps_per_eval_image=500,
+        steps_per_save=500,
+    )
+
+
 csd_edit = DerivedMethod(_csd_edit, "CSD-Edit: consistent text-instructed scene editing (nerfacto + CSD).")
 csd_edit_small = DerivedMethod(_csd_edit_small, "CSD-Edit with half-precision diffusion and no LPIPS.")
-csd_edit_splat = DerivedMethod(_csd_edit_splat, "CSD-Edit on splatfacto (3D Gaussian splatting; CUDA).")
+csd_edit_splat = DerivedMethod(_csd_edit_splat, "CSD-Edit on splatfacto (3D Gaussian splatting).")
 csd_edit_tiny = DerivedMethod(_csd_edit_tiny, "CSD-Edit sized for a CPU: small nerfacto, embedded diffusion model.")
 csd_edit_paper = DerivedMethod(_csd_edit_paper, "CSD-Edit with the paper's 3D schedule (16 views / 2000 steps).")
+csd_edit_splat_tiny = DerivedMethod(_csd_edit_splat_tiny, "CSD-Edit on splatfacto sized for a CPU (no CUDA needed).")
 
 METHODS: Dict[str, DerivedMethod] = {"csd-edit": csd_edit, "csd-edit-small": csd_edit_small,
                                      "csd-edit-splat": csd_edit_splat, "csd-edit-tiny": csd_edit_tiny,
-                                     "csd-edit-paper": csd_edit_paper}
+                                     "csd-edit-paper": csd_edit_paper, "csd-edit-splat-tiny": csd_edit_splat_tiny}
 """The registered methods by name."""
 
 

@@ -8,14 +8,20 @@ metric only), and ``lpips=False`` skips it (the metric reads NaN).
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass, field
-from typing import Iterator, Type
+from typing import Dict, Iterator, Type
 
 import torch
 from torch import nn
 
+import nerfstudio.models.splatfacto as splatfacto
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
+
+from . import splat_cpu
 
 __all__ = ["LazyLPIPS", "CSDNerfactoModelConfig", "CSDNerfactoModel", "CSDSplatfactoModelConfig", "CSDSplatfactoModel"]
 
@@ -89,4 +95,45 @@ class CSDSplatfactoModelConfig(SplatfactoModelConfig):
 
 
 class CSDSplatfactoModel(_LazyLPIPSModules, SplatfactoModel):
+    """splatfacto for CSD-Edit. On a CPU device it renders through :mod:`csd_nerfstudio.splat_cpu` (gsplat's
+    pure-torch references) instead of gsplat's CUDA kernels; on CUDA it is splatfacto unchanged."""
+
     config: CSDSplatfactoModelConfig
+
+    _get_outputs_on_cpu = splat_cpu.with_globals(
+        SplatfactoModel.get_outputs, rasterization=splat_cpu.rasterization,
+        # splatfacto torch.compiles this 4x4 inverse; on a CPU inductor builds C++ for it on the first call: 9.7 s
+        # with an empty inductor cache, 2.1 s with a warm one (our measurement, 2 cores). The same function, plain.
+        get_viewmat=inspect.unwrap(splatfacto.get_viewmat))
+    """splatfacto's own ``get_outputs``, calling the CPU rasterizer and the uncompiled ``get_viewmat``."""
+
+    def populate_modules(self) -> None:
+        device = self.kwargs.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.device(device).type != "cpu":
+            super().populate_modules()
+            return
+        with splat_cpu.cuda_stays_put():  # splatfacto puts the SfM colours on CUDA before the model is moved
+            super().populate_modules()
+
+    def get_outputs(self, camera: Cameras) -> Dict:
+        if self.device.type != "cpu":
+            return super().get_outputs(camera)
+        return self._get_outputs_on_cpu(splat_cpu.intrinsics_stay_put(camera))
+
+    def step_cb(self, optimizers: Optimizers, step: int) -> None:
+        """splatfacto's, and the optimizers made to step the Gaussians the model holds. nerfstudio builds the
+        optimizers before ``--load-dir`` loads the checkpoint, and splatfacto's ``load_state_dict`` replaces
+        every Gaussian parameter: a loaded scene's Gaussians were never stepped (only a refinement, which
+        re-registers them, reconnected them; csd-edit-splat refines until 15k steps and pretrains 30k, so an
+        edit of a loaded scene never reached it). The optimizer's state loaded from the checkpoint moves along."""
+        super().step_cb(optimizers, step)
+        for name, param in self.gauss_params.items():
+            optimizer = self.optimizers.get(name)
+            if optimizer is None or any(p is param for group in optimizer.param_groups for p in group["params"]):
+                continue
+            (group,) = optimizer.param_groups
+            (old,) = group["params"]
+            state = optimizer.state.pop(old, {})
+            group["params"] = [param]
+            if all(not torch.is_tensor(v) or v.dim() == 0 or v.shape == param.shape for v in state.values()):
+                optimizer.state[param] = state
