@@ -236,14 +236,20 @@ def method_config(method: str, data: Path, output: Path, iterations: int, settin
         raise ValueError(f"method: expected one of {sorted(METHODS)}, got {method!r}")
     base = METHODS[method].config
     settings = dict(settings or {})
-    edit = {k[len("edit."):]: settings.pop(k) for k in list(settings) if k.startswith("edit.")}
+    nested: Dict[str, Dict] = {}  # "edit.lr" → pipeline.edit, "joint.rounds" → pipeline.joint
+    for key in [k for k in settings if "." in k]:
+        group, _, name = key.partition(".")
+        if not dataclasses.is_dataclass(getattr(base.pipeline, group, None)):
+            raise ValueError(f"--set: unknown pipeline setting {key!r} ({group!r} is not a group of settings)")
+        nested.setdefault(group, {})[name] = settings.pop(key)
     fields = {f.name for f in dataclasses.fields(base.pipeline)}
     unknown = sorted(set(settings) - fields)
     if unknown:
         raise ValueError(f"--set: unknown pipeline setting(s) {unknown}")
+    for group, values in nested.items():
+        settings[group] = dataclasses.replace(getattr(base.pipeline, group), **values)
     dm = dataclasses.replace(base.pipeline.datamanager, data=data, dataparser=NerfstudioDataParserConfig(data=data))
-    pipeline = dataclasses.replace(base.pipeline, datamanager=dm,
-                                   edit=dataclasses.replace(base.pipeline.edit, **edit), **settings)
+    pipeline = dataclasses.replace(base.pipeline, datamanager=dm, **settings)
     return dataclasses.replace(
         base, output_dir=output, vis="tensorboard", max_num_iterations=iterations, steps_per_eval_batch=10**9,
         steps_per_eval_image=10**9, steps_per_eval_all_images=10**9, steps_per_save=10**9,

@@ -9,6 +9,9 @@ Two modes:
   with gradients, encode them with the VAE and push the CSD-Edit gradient into the scene through the loss
   ``½‖z − sg(z − g)‖²`` (its gradient with respect to the latents ``z`` is ``g``).
 
+``--pipeline.schedule joint`` (:mod:`csd_nerfstudio.joint`) edits every training view together in one CSD-Edit run
+when editing starts, then fits the scene to the edits; later rounds re-edit from the renders at less noise.
+
 Without ``--load-dir`` the scene is first fitted to the photos for ``pretrain_steps`` steps; no edit touches the
 training set before that. When ``diffusion_device`` differs from the scene's device, the diffusion work of the next
 dataset update runs in a background thread while the scene keeps training (the edits land one update later).
@@ -22,7 +25,7 @@ import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import Callable, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +42,7 @@ from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerDropdown, Vi
 
 from .checks import SceneError
 from .data import TrainImages
+from .joint import JointConfig, JointProgress, round_due, round_plan, spread_views
 from .updates import EditJob, csd_update, in2n_update
 from .views import neighbouring_views, random_crop, render_view, resize, select_views, view_camera
 
@@ -132,6 +136,13 @@ class CSDPipelineConfig(VanillaPipelineConfig):
     """distill mode: weight of the CSD term ("csd_loss" in the loss dict)."""
     photometric_loss_mult: float = 1.0
     """Weight of the scene's photometric loss against the (original or edited) training images."""
+    schedule: Literal["iterative", "joint"] = "iterative"
+    """When views are edited. iterative: every edit-rate steps, edit.batch views (IN2N's dataset update, with CSD
+    over N views). joint: every training view (or --pipeline.joint.views K) together in one CSD-Edit run when
+    editing starts, then --pipeline.joint.fit-steps of training; later rounds re-edit at less noise
+    (csd_nerfstudio.joint). With update in2n, joint edits every view with IN2N's DDIM edit, each on its own."""
+    joint: JointConfig = field(default_factory=JointConfig)
+    """The joint schedule's rounds, fit steps, views and noise (--pipeline.joint.*)."""
     view_selection: Literal["neighbours", "random"] = "neighbours"
     """How the csd update's N views are chosen. neighbours: a random anchor camera and its N−1 nearest cameras
     by position and viewing direction; they look alike, so the kernel couples them strongly, and random anchors
@@ -164,6 +175,9 @@ class CSDPipelineConfig(VanillaPipelineConfig):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        if self.schedule == "joint" and self.mode != "dataset":
+            raise ValueError(f"schedule: joint edits the training views (a dataset update); expected mode 'dataset' "
+                             f"with it, got {self.mode!r}")
         if self.update == "in2n" and self.mode != "dataset":
             raise ValueError(f"update: in2n is a dataset update; expected mode 'dataset' with it, got {self.mode!r}")
 
@@ -190,6 +204,10 @@ class CSDPipeline(VanillaPipeline):
         self.updates = 0
         self.edited_views: List[List[int]] = []
         self.edit_start = config.pretrain_steps
+        self.last_update_step: Optional[int] = None
+        """Step of the latest update (the joint schedule's next round is ``joint.fit_steps`` after it)."""
+        self.progress: Optional[JointProgress] = None
+        """The joint round running now or last (its console lines are in ``progress.lines``)."""
         """First step at which updates run (pretraining before it; see :meth:`load_pipeline` after a load)."""
         self._announced = False
         self.finished = False
@@ -198,7 +216,7 @@ class CSDPipeline(VanillaPipeline):
         if test_mode != "val":  # ns-render / ns-viewer / eval: the scene only, no diffusion model
             return
         self.images = TrainImages(self.datamanager)
-        if config.update == "csd" or config.mode == "distill":
+        if (config.update == "csd" and config.schedule == "iterative") or config.mode == "distill":
             if config.edit.batch > len(self.images):
                 CONSOLE.print(f"[bold yellow]--pipeline.edit.batch {config.edit.batch} is more than the scene's "
                               f"{len(self.images)} training views: each update edits all {len(self.images)} (N = "
@@ -240,7 +258,16 @@ class CSDPipeline(VanillaPipeline):
     def status_text(self) -> str:
         """One line for the viewer's read-only "CSD status" element."""
         last = "-" if self.last_update_seconds is None else f"{self.last_update_seconds:.2f} s"
-        return f"prompt: {self.config.prompt} | updates: {len(self.edited_views)} | last update: {last}"
+        text = f"prompt: {self.config.prompt} | updates: {len(self.edited_views)} | last update: {last}"
+        if self._round_text:
+            text += f" | {self._round_text}"
+        return text
+
+    _round_text = ""
+
+    def _show_round(self, text: str) -> None:
+        self._round_text = text
+        self._refresh_status()
 
     def _refresh_status(self) -> None:
         if hasattr(self, "viewer_status"):
@@ -285,7 +312,7 @@ class CSDPipeline(VanillaPipeline):
         p = self.EDIT_PREFIX
         in_flight = 1 if self._pending is not None else 0
         meta = {"version": 1, "updates": self.updates - in_flight, "edited_views": self.edited_views,
-                "edit_start": self.edit_start, "finished": self.finished}
+                "edit_start": self.edit_start, "finished": self.finished, "last_update_step": self.last_update_step}
         state = {f"{p}meta": torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8),
                  f"{p}rng": torch.get_rng_state()}
         if self.images is not None:
@@ -318,6 +345,7 @@ class CSDPipeline(VanillaPipeline):
         saved_start = int(meta.get("edit_start", 0))
         still_pretraining = self.updates == 0 and not meta.get("finished", False) and step + 1 < saved_start
         self.edit_start = saved_start if still_pretraining else 0
+        self.last_update_step = meta.get("last_update_step")
         if "rng" in edit:
             torch.set_rng_state(edit["rng"])
         if self.images is None:  # a viewer or renderer: the scene alone
@@ -376,14 +404,28 @@ class CSDPipeline(VanillaPipeline):
             self._executor = None
             self.asynchronous = False
 
+    def _due(self, step: int) -> bool:
+        if self.guidance is None or self.paused or step < self.edit_start:
+            return False
+        if self.config.schedule == "joint":
+            return round_due(self.config.joint, step, self.edit_start, self.updates, self.last_update_step)
+        return step % self.config.edit_rate == 0
+
     def get_train_loss_dict(self, step: int):
-        due = (self.guidance is not None and not self.paused and step >= self.edit_start
-               and step % self.config.edit_rate == 0)
+        due = self._due(step)
         if due and not self._announced:
             self._announced = True
-            CONSOLE.print(f"csd-edit: editing starts at step {step} ({self.config.update} update, "
+            schedule = ""
+            if self.config.schedule == "joint":
+                joint = self.config.joint
+                schedule = f"joint schedule: {joint.rounds} rounds, {joint.fit_steps} fit steps each, "
+            CONSOLE.print(f"csd-edit: editing starts at step {step} ({schedule}{self.config.update} update, "
                           f"{self.config.mode} mode, {self.updates} updates done)")
-        if due and self.config.mode == "dataset":
+        if due and self.config.schedule == "joint":
+            start = time.perf_counter()
+            self._joint_round(step)
+            self._timed(start)
+        elif due and self.config.mode == "dataset":
             start = time.perf_counter()
             self._dataset_update(step)
             self._timed(start)
@@ -423,34 +465,46 @@ class CSDPipeline(VanillaPipeline):
         return resize(self.images.original(index).permute(2, 0, 1)[None].to(device), size)
 
     @torch.no_grad()
-    def make_job(self, update: int) -> EditJob:
-        """Render the views of update ``update`` (on the scene's device, no gradients)."""
-        indices = self.select_views(update)
+    def make_job(self, update: int, indices: Optional[List[int]] = None,
+                 on_render: Optional[Callable[[int], None]] = None) -> EditJob:
+        """Render the views of update ``update`` (:meth:`select_views`, or ``indices``) on the scene's device
+        without gradients; ``on_render(k)`` after the k-th."""
+        indices = self.select_views(update) if indices is None else indices
         renders, originals, sizes = [], [], []
         self.model.eval()
         try:
-            for i in indices:
+            for k, i in enumerate(indices, 1):
                 camera = self._camera(i)
                 size = self._edit_size(camera)
                 renders.append(resize(render_view(self.model, camera, i, chunk=self.config.render_chunk)[None], size))
                 originals.append(self._original(i, size, renders[-1].device))
                 sizes.append(tuple(self.images.originals[i].shape[:2]))
+                if on_render is not None:
+                    on_render(k)
         finally:
             self.model.train()
         return EditJob(update, indices, torch.cat(renders).cpu(), torch.cat(originals).cpu(), sizes)
 
-    def run_job(self, job: EditJob) -> Tensor:
+    def run_job(self, job: EditJob, on_step: Optional[Callable[[int], None]] = None) -> Tensor:
         """Edit the job's renders (the configured update); returns edited images ``[N, 3, h, w]`` in [0, 1] (CPU).
+        Under the joint schedule, ``job.update`` is the round, which sets the timesteps and the start
+        (:func:`csd_nerfstudio.joint.round_plan`).
 
         A pure function of the job, the options and the update's seed: the same on any thread or device."""
         gen = self._generator(job.update)
+        edit, carry = self.config.edit, self.config.carry
+        num = len(self.guidance.alphas_cumprod)
+        lo, hi = (round(f * num) for f in self.config.in2n_noise_range)
+        hi = min(hi, num - 1)
+        if self.config.schedule == "joint":
+            t_max, carry = round_plan(self.config.joint, edit.t_min, edit.t_max, job.update)
+            hi = max(lo, round(hi * t_max / max(edit.t_max, 1)))  # in2n: its noise falls with the rounds' t_max
+            edit = dataclasses.replace(edit, t_max=t_max)
         if self.config.update == "in2n":
-            num = len(self.guidance.alphas_cumprod)
-            lo, hi = (round(f * num) for f in self.config.in2n_noise_range)
-            return in2n_update(self.guidance, job, self.config.edit, self.text_emb, gen, self.config.in2n_ddim_steps,
-                               t_range=(lo, min(hi, num - 1)))
-        return csd_update(self.guidance, job, self.config.edit, self.text_emb, self.source_emb, gen,
-                          carry=self.config.carry)
+            return in2n_update(self.guidance, job, edit, self.text_emb, gen, self.config.in2n_ddim_steps,
+                               t_range=(lo, hi))
+        return csd_update(self.guidance, job, edit, self.text_emb, self.source_emb, gen, carry=carry,
+                          on_step=on_step)
 
     def apply_job(self, job: EditJob, edited: Tensor) -> None:
         """Write edited views back into the training set at full resolution."""
@@ -458,9 +512,26 @@ class CSDPipeline(VanillaPipeline):
             self.images.set(i, resize(img[None], (h, w))[0].permute(1, 2, 0))
         self.edited_views.append(list(job.indices))
 
+    def _joint_round(self, step: int) -> None:
+        """One round of the joint schedule: render the chosen views, edit them together, write them back."""
+        c2w = self.datamanager.train_dataset.cameras.camera_to_worlds
+        indices = spread_views(c2w, self.config.joint.views)
+        steps = self.config.edit.steps if self.config.update == "csd" else self.config.in2n_ddim_steps
+        self.progress = JointProgress(self.updates, self.config.joint.rounds, len(indices), steps,
+                                      say=CONSOLE.print, show=self._show_round)
+        job = self.make_job(self.updates, indices=indices, on_render=self.progress.rendered)
+        self.apply_job(job, self.run_job(job, on_step=self.progress.stepped))
+        self.updates += 1
+        self.last_update_step = step
+        self.progress.finished()
+        if self.updates == self.config.joint.rounds:
+            CONSOLE.print(f"csd-edit: the {self.updates} joint rounds are done; the scene fits the edits for "
+                          f"{self.config.joint.fit_steps} steps")
+
     def _dataset_update(self, step: int) -> None:
         job = self.make_job(self.updates)
         self.updates += 1
+        self.last_update_step = step
         if not self.asynchronous:
             self.apply_job(job, self.run_job(job))
             return

@@ -48,17 +48,18 @@ def _decode(g: IP2PGuidance, latents: Tensor, cfg: EditConfig) -> Tensor:
 
 
 def csd_update(g: IP2PGuidance, job: EditJob, cfg: EditConfig, text_emb: Tensor, source_emb: Tensor,
-               generator: torch.Generator, carry: float) -> Tensor:
+               generator: torch.Generator, carry: float, on_step=None) -> Tensor:
     """CSD-Edit the job's views jointly; edited images ``[N, 3, h, w]`` (CPU).
 
     The latents start at ``z_photo + carry·(z_render − z_photo)`` (a share of the scene's current edit) and take
-    ``cfg.steps`` SGD steps. With ``carry < 1`` repeated updates settle instead of adding up."""
+    ``cfg.steps`` SGD steps. With ``carry < 1`` repeated updates settle instead of adding up. ``on_step(s)`` is
+    called after each step (progress)."""
     n = len(job.indices)
     source, render = _latents(g, job, cfg)
     target = torch.lerp(source, render, carry)
     with torch.no_grad():
         optimize_latents(g, target, source, text_emb.float().expand(n, -1, -1),
-                         source_emb.float().expand(n, -1, -1), cfg, generator=generator)
+                         source_emb.float().expand(n, -1, -1), cfg, generator=generator, on_step=on_step)
     return _decode(g, target, cfg)
 
 

@@ -1,0 +1,220 @@
+"""The joint schedule (--pipeline.schedule joint): every chosen view edited together once per round, after the
+pretraining and never before; rounds fall in noise; max_batch chunks change nothing; progress that names the
+views and an ETA; resume between rounds; a plain nerfacto checkpoint as the base."""
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import shared_data
+
+try:
+    import nerfstudio  # noqa: F401
+except ImportError:
+    if os.environ.get("CI", "").lower() == "true":
+        raise
+    pytest.skip("nerfstudio is not installed (pip install 'csd-edit[nerfstudio]')", allow_module_level=True)
+
+from csd_nerfstudio.benchmark import tiny_config  # noqa: E402
+from csd_nerfstudio.joint import JointConfig, JointProgress, round_due, round_plan, spread_views  # noqa: E402
+from csd_nerfstudio.scenes import write_downscaled_scene  # noqa: E402
+from csd_nerfstudio.updates import EditJob, csd_update  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """The face scene at 32 px, 9 frames, all training views."""
+    return write_downscaled_scene(shared_data("face"), tmp_path_factory.mktemp("face32j"), max_side=32, every=8)
+
+
+def joint_config(scene, out, iterations, pretrain=2, **joint):
+    cfg = tiny_config(scene, out, iterations=iterations, pretrain_steps=pretrain, schedule="joint",
+                      edit={"steps": 3}, **{f"joint.{k}": v for k, v in {"fit_steps": 3, **joint}.items()})
+    cfg.set_timestamp()
+    return cfg
+
+
+def trained(cfg, monkeypatch=None, record=None):
+    from csd_nerfstudio.pipeline import CSDPipeline
+
+    if record is not None:
+        original = CSDPipeline._joint_round
+
+        def spy(self, step):
+            before = [self.images.get(i).clone() for i in range(len(self.images))]
+            original(self, step)
+            changed = [i for i in range(len(self.images)) if not torch.equal(before[i], self.images.get(i))]
+            record.append((step, changed))
+
+        monkeypatch.setattr(CSDPipeline, "_joint_round", spy)
+    trainer = cfg.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    trainer.train()
+    return trainer
+
+
+# ------------------------------------------------------------------------------------------- pure parts
+def test_spread_views_are_distinct_spread_and_deterministic():
+    """Cameras on a circle looking at its centre, in order: 4 of 16 spread views are a quarter turn apart."""
+    angles = torch.arange(16) * (2 * torch.pi / 16)
+    c2w = torch.zeros(16, 3, 4)
+    for i, a in enumerate(angles):
+        centre = torch.tensor([torch.cos(a), torch.sin(a), 0.0]) * 3
+        back = centre / centre.norm()  # OpenGL cameras look down −z: +z points away from the target
+        up = torch.tensor([0.0, 0.0, 1.0])
+        right = torch.linalg.cross(up, back)
+        c2w[i] = torch.stack([right, up, back, centre], dim=1)
+    views = spread_views(c2w, 4)
+    assert views == spread_views(c2w, 4) and len(set(views)) == 4
+    gaps = sorted((b - a) % 16 for a, b in zip(views, views[1:] + views[:1]))
+    assert gaps == [4, 4, 4, 4], views
+    assert spread_views(c2w, None) == list(range(16)) == spread_views(c2w, 40)
+
+
+def test_rounds_start_from_the_photos_then_the_renders_with_less_noise():
+    joint = JointConfig(rounds=3, carry=1.0)
+    plans = [round_plan(joint, 20, 500, r) for r in range(3)]
+    assert plans == [(500, 0.0), (375, 1.0), (250, 1.0)]
+    assert round_plan(JointConfig(rounds=2, last_t_max=100, carry=0.5), 20, 400, 1) == (100, 0.5)
+    assert round_plan(JointConfig(rounds=2, last_t_max=5), 20, 400, 1) == (20, 1.0)  # never below t_min
+    due = [s for s in range(0, 30) if round_due(JointConfig(rounds=2, fit_steps=10), s, 5, 0 if s < 6 else
+                                                (1 if s < 16 else 2), None if s < 6 else (5 if s < 16 else 15))]
+    assert due[:1] == [5] and 15 in due and all(s >= 5 for s in due)
+    with pytest.raises(ValueError, match=r"--pipeline\.joint\.fit-steps: expected a positive integer, got 0"):
+        JointConfig(fit_steps=0)
+    with pytest.raises(ValueError, match=r"--pipeline\.joint\.carry: expected a number in \[0, 1\], got 2"):
+        JointConfig(carry=2)
+
+
+def test_progress_names_the_views_and_an_eta_of_the_edit():
+    said, shown = [], []
+    progress = JointProgress(0, 2, views=30, steps=20, say=said.append, show=shown.append)
+    for k in range(1, 31):
+        progress.rendered(k)
+    for s in range(20):
+        progress.stepped(s)
+    progress.finished()
+    assert "rendering views 30/30" in shown[29] and "ETA" in shown[29]
+    assert "editing views 1–30/30 together, CSD step 20/20" in shown[-2]
+    assert shown[-1].startswith("joint round 1/2: 30 views edited together in")
+    assert 8 <= len(said) <= 13  # a console line at each tenth, not one per step
+    assert all(line.startswith("csd-edit: joint round 1/2") for line in said)
+
+
+def test_max_batch_chunks_give_the_same_joint_edit(scene):
+    """N = 9 views edited together with the UNet in chunks of 4 rows and in one batch: the same edit."""
+    from csd2d import IP2PGuidance
+    from csd_nerfstudio.pipeline import SceneEditConfig
+    from PIL import Image
+    import numpy as np
+
+    g = IP2PGuidance.from_pretrained("embedded")
+    photos = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB").resize((32, 32)))).permute(2, 0, 1)
+                          for p in sorted((scene / "images").glob("*.png"))]).float() / 255
+    job = EditJob(0, list(range(len(photos))), photos, photos, [(32, 32)] * len(photos))
+    emb, src = g.encode_prompt(["recolor it"]), g.encode_prompt([""])
+    out = {}
+    for max_batch in (None, 4):
+        cfg = SceneEditConfig(steps=3, lr=0.3, max_batch=max_batch)
+        out[max_batch] = csd_update(g, job, cfg, emb, src, torch.Generator().manual_seed(0), carry=0.0)
+    assert (out[None] - photos).abs().mean() > 0.01  # it edited
+    torch.testing.assert_close(out[4], out[None], atol=2e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------- in a run
+@pytest.mark.slow
+def test_each_round_edits_every_view_once_after_the_pretraining(scene, tmp_path, monkeypatch):
+    rounds = []
+    cfg = joint_config(scene, tmp_path, iterations=2 + 2 * 3, rounds=2)
+    trainer = trained(cfg, monkeypatch, rounds)
+    pipe = trainer.pipeline
+    n = len(pipe.images)
+    assert [step for step, _ in rounds] == [2, 5]  # at the end of the pretraining, then fit_steps later
+    assert all(changed == list(range(n)) for _, changed in rounds)
+    assert pipe.edited_views == [list(range(n))] * 2 and pipe.updates == 2
+    assert "joint round 2/2: 9 views edited together" in pipe.progress.lines[-1]
+    assert "joint round 2/2" in pipe.status_text()
+
+
+@pytest.mark.slow
+def test_joint_views_k_edits_those_views_and_no_others(scene, tmp_path, monkeypatch):
+    """Only the K spread views change, and each holds what the joint CSD edit of the K made of it."""
+    import csd_nerfstudio.pipeline as pipeline_module
+
+    edits = []
+
+    def recorded(*args, **kwargs):
+        edits.append(csd_update(*args, **kwargs))
+        return edits[-1]
+
+    monkeypatch.setattr(pipeline_module, "csd_update", recorded)
+    rounds = []
+    cfg = joint_config(scene, tmp_path, iterations=2 + 3, rounds=1, views=3)
+    trainer = trained(cfg, monkeypatch, rounds)
+    c2w = trainer.pipeline.datamanager.train_dataset.cameras.camera_to_worlds
+    chosen = spread_views(c2w, 3)
+    assert [changed for _, changed in rounds] == [chosen] and len(edits) == 1 and len(edits[0]) == 3
+    images = trainer.pipeline.images
+    for i in range(len(images)):
+        assert torch.equal(images.get(i), images.original(i)) == (i not in chosen)
+    for k, i in enumerate(chosen):  # 32 px views, edited at 32 px: the edit itself, to 8 bits
+        torch.testing.assert_close(images.get(i)[..., :3], edits[0][k].permute(1, 2, 0), atol=1 / 255 + 1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_resumed_joint_run_goes_on_with_the_next_round(scene, tmp_path, monkeypatch):
+    """Stopped after round 1 of 2: the checkpoint holds the round, and the resumed run makes round 2 fit_steps after
+    round 1, not at once and not round 1 again."""
+    first = trained(joint_config(scene, tmp_path / "a", iterations=2 + 2, rounds=2))  # steps 0-3: round 1 at 2
+    assert first.pipeline.updates == 1
+    ckpt_dir = first.checkpoint_dir
+    rounds = []
+    cfg = joint_config(scene, tmp_path / "b", iterations=4, rounds=2)
+    cfg.load_dir = ckpt_dir
+    second = trained(cfg, monkeypatch, rounds)  # steps 4-7
+    assert [step for step, _ in rounds] == [5]
+    assert second.pipeline.updates == 2 and second.pipeline.last_update_step == 5
+
+
+@pytest.mark.slow
+def test_load_dir_of_a_plain_nerfacto_checkpoint_is_edited_at_once(scene, tmp_path, monkeypatch):
+    """The user's usual first step: `ns-train nerfacto`, then csd-edit --load-dir. The base here is nerfstudio's
+    nerfacto method config, offline (LPIPS off: csd-edit's model class, which nerfacto's checkpoint keys match)."""
+    from nerfstudio.configs.method_configs import method_configs
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+    from nerfstudio.engine.trainer import TrainerConfig
+    from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+
+    from csd_nerfstudio.models import CSDNerfactoModelConfig
+
+    tiny = tiny_config(scene, tmp_path, iterations=1)
+    nerfacto = method_configs["nerfacto"]
+    dm = dataclasses.replace(tiny.pipeline.datamanager, dataparser=NerfstudioDataParserConfig(data=scene))
+    model = CSDNerfactoModelConfig(**{f.name: getattr(tiny.pipeline.model, f.name)
+                                      for f in dataclasses.fields(tiny.pipeline.model) if f.name != "_target"})
+    base = dataclasses.replace(
+        nerfacto, output_dir=tmp_path / "nerfacto", vis="tensorboard", max_num_iterations=20, mixed_precision=False,
+        steps_per_save=19, steps_per_eval_batch=10**6, steps_per_eval_image=10**6, steps_per_eval_all_images=10**6,
+        machine=dataclasses.replace(nerfacto.machine, device_type="cpu"),
+        pipeline=VanillaPipelineConfig(datamanager=dm, model=model))
+    assert type(base) is TrainerConfig
+    base.set_timestamp()
+    base_trainer = base.setup(local_rank=0, world_size=1)
+    base_trainer.setup()
+    base_trainer.train()
+    state = torch.load(sorted(base_trainer.checkpoint_dir.glob("*.ckpt"))[-1], map_location="cpu")["pipeline"]
+    assert not any(k.startswith("_csd.") for k in state)  # a plain nerfstudio checkpoint
+    rounds = []
+    cfg = joint_config(scene, tmp_path / "edit", iterations=3, pretrain=1500, rounds=1)
+    cfg.load_dir = base_trainer.checkpoint_dir
+    trainer = trained(cfg, monkeypatch, rounds)
+    assert [step for step, _ in rounds] == [20]  # the first step after the loaded step 19: no pretraining
+    assert rounds[0][1] == list(range(len(trainer.pipeline.images)))
+
+
+def test_joint_needs_the_dataset_mode(scene, tmp_path):
+    with pytest.raises(ValueError, match=r"--pipeline\.schedule: joint edits the training views .* got 'distill'"):
+        tiny_config(scene, tmp_path, iterations=1, schedule="joint", mode="distill")
