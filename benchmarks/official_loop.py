@@ -62,7 +62,8 @@ def official_structure_step(
     if not config.coupling:
         return w * scores_t
     # The official code's ``w_t * (K·s + dK) / N``: w(t) weights the whole update, repulsion included.
-    return w * csd_gradient(scores_t, torch.cat(noisy_views), bandwidth=config.bandwidth, repulsion=config.repulsion)
+    return w * csd_gradient(scores_t, torch.cat(noisy_views), bandwidth=config.bandwidth, repulsion=config.repulsion,
+                            normalization=config.normalization)
 
 
 def bench_n(guidance: IP2PGuidance, n: int, image: int, repeats: int) -> dict:

@@ -20,10 +20,14 @@ so it counts the models' weights and what the arm allocates; freed memory of ear
   this measures how much of an update hides behind training steps (both share the GPU's streams and Python's
   GIL), not a second GPU's speed-up.
 - ``paper-update``: one update of the paper's 3D schedule (16 random views, csd-edit-paper's settings).
+- ``joint``: one round of the joint schedule at the first step (every training view edited together: their
+  renders, the CSD-Edit run in ``joint.max_batch`` UNet chunks, the decode and the write-back), then training.
 
 Whole-scene edit time (pretrain excluded, ``EDIT_ITERATIONS`` steps) is estimated from these parts:
 paper schedule = steps × s/iteration(no-edits) + updates × s(paper-update), with one update every
-``PAPER_EDIT_RATE`` steps; csd-edit's default = steps × s/iteration(csd) (its updates run inside the steps).
+``PAPER_EDIT_RATE`` steps; csd-edit's default = steps × s/iteration(csd) (its updates run inside the steps);
+csd-edit-fast's joint schedule = rounds × s(joint round) + rounds × fit steps × s/iteration(no-edits), with
+csd-edit-fast's rounds and fit steps (a later round renders and edits the same views as the first).
 
     python -m benchmarks.scene3d --model full --device cuda --json OUT/scene3d.json
     python -m benchmarks.scene3d --model tiny --device cpu --iterations 2 --views 6 --edit-rate 1 --warmup 0 \
@@ -52,7 +56,7 @@ gsplat builds: its CUDA kernels compile on first use)."""
 IMAGE = {"full": 512, "tiny": 32}
 """Scene image side per model: 512² (Stable Diffusion's size, the issue's) or 32² for the tiny model (16² latents,
 as in the tests)."""
-ARMS = ("no-edits", "csd", "in2n", "distill", "csd-async", "paper-update")
+ARMS = ("no-edits", "csd", "in2n", "distill", "csd-async", "paper-update", "joint")
 
 
 def prepare(work: Path, model: str, views: int, seed: int = 0) -> Dict[str, Path]:
@@ -96,6 +100,7 @@ def arm_settings(arm: str, model_dir: Path, device: str, views: int,
                       "asynchronous": True},
         "paper-update": {**base, "update": "csd", "edit_rate": PAPER_EDIT_RATE, "view_selection": "random",
                          "edit.batch": min(PAPER_VIEWS, views)},
+        "joint": {**base, "update": "csd", "schedule": "joint", "joint.rounds": 1},
     }[arm]
 
 
@@ -110,6 +115,8 @@ def run_arm(model: str, arm: str, scene: Path, model_dir: Path, device: str, ite
     if edit_rate is not None and arm != "paper-update":
         settings["edit_rate"] = edit_rate
     iterations = 1 if arm == "paper-update" else iterations
+    if arm == "joint":
+        settings["joint.fit_steps"] = iterations
     config = method_config(method or METHOD[model], scene, out / arm, iterations, settings)
     config = dataclasses.replace(config, machine=dataclasses.replace(config.machine,
                                                                      device_type=torch.device(device).type))
@@ -133,6 +140,15 @@ def estimates(rows: Dict[str, dict]) -> Dict[str, float]:
     for arm in ("csd", "in2n", "csd-async"):
         if arm in rows:
             out[f"{arm}_default_schedule_s"] = EDIT_ITERATIONS * rows[arm]["s_per_iteration"]
+    if "no-edits" in rows and "joint" in rows:
+        from csd_nerfstudio.config import csd_edit_fast
+
+        joint = csd_edit_fast.config.pipeline.joint
+        out["joint_rounds"], out["joint_fit_steps"] = joint.rounds, joint.fit_steps
+        out["joint_views"] = rows["joint"]["views_edited"]
+        out["joint_round_s"] = rows["joint"]["update_s"]
+        out["joint_schedule_s"] = joint.rounds * (rows["joint"]["update_s"]
+                                                  + joint.fit_steps * rows["no-edits"]["s_per_iteration"])
     if "csd" in rows and "csd-async" in rows:
         out["async_speedup"] = rows["csd"]["s_per_iteration"] / rows["csd-async"]["s_per_iteration"]
     return out

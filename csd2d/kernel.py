@@ -10,11 +10,14 @@ Score Distillation for Consistent Visual Synthesis" (2023), eq. (6).
 from __future__ import annotations
 
 import math
+import typing
 from typing import Optional, Tuple
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from .config import Normalization
 
 __all__ = [
     "pairwise_sq_dists",
@@ -103,17 +106,20 @@ def csd_gradient(
     particles: Float[Tensor, "N ..."],
     *,
     repulsion: float,
+    normalization: Normalization,
     bandwidth: Optional[float] = None,
 ) -> Float[Tensor, "N ..."]:
-    """SVGD descent direction of Collaborative Score Distillation (Kim et al. 2023, eq. 6).
+    """SVGD descent direction of Collaborative Score Distillation (Kim et al. 2023, eq. 6), normalised per particle.
 
-    ``g_i = (1/N) Σ_j [ k(x_j, x_i) · s_j − repulsion · ∇_{x_j} k(x_j, x_i) ]``
+    ``g_i = (1/Z_i) Σ_j [ k(x_j, x_i) · s_j − repulsion · ∇_{x_j} k(x_j, x_i) ]``
 
-    where ``s_j`` is particle ``j``'s score in "noise" convention (``ε̂ − ε`` for SDS,
-    ``ε̂_target − ε̂_source`` for CSD-Edit, i.e. proportional to ``−∇ log p``). The update
-    ``x ← x − lr · g`` moves particles toward high density while the kernel-gradient term pushes them
-    apart. (The paper writes that term with the ascent sign; this is the descent form of the official code.)
-    With ``N = 1`` the result equals ``scores``.
+    with ``Z_i = N`` (``normalization="count"``: the paper's eq. 6 and the official code) or ``Z_i = Σ_j k(x_j, x_i)``,
+    particle ``i``'s kernel row sum (``normalization="row"``: the drive is a kernel-weighted mean of the scores, so
+    the step keeps the size of one score at any ``N``; see :attr:`csd2d.config.StepConfig.normalization`).
+    ``s_j`` is particle ``j``'s score in "noise" convention (``ε̂ − ε`` for SDS, ``ε̂_target − ε̂_source`` for
+    CSD-Edit, i.e. proportional to ``−∇ log p``). The update ``x ← x − lr · g`` moves particles toward high density
+    while the kernel-gradient term pushes them apart. (The paper writes that term with the ascent sign; this is
+    the descent form of the official code.) With ``N = 1`` both forms equal ``scores``.
 
     The summed kernel gradient is evaluated without the ``[N, N, D]`` tensor:
     ``−Σ_j ∇_{x_j} k(x_j, x_i) = (2/h) (Σ_j k_ji x_j − x_i Σ_j k_ji)``.
@@ -121,9 +127,11 @@ def csd_gradient(
     Args:
         scores: per-particle scores, same shape as ``particles``.
         particles: the points the kernel is evaluated on (for CSD-Edit, the noisy target latents).
-        bandwidth: fixed RBF bandwidth ``h``; ``None`` uses the median heuristic.
         repulsion: weight of the kernel-gradient (repulsive) term; SVGD proper is 1 (the default of
             :attr:`csd2d.config.StepConfig.repulsion`).
+        normalization: ``"row"`` (divide by ``Σ_j k_ji``) or ``"count"`` (divide by ``N``); callers pass
+            :attr:`csd2d.config.StepConfig.normalization`.
+        bandwidth: fixed RBF bandwidth ``h``; ``None`` uses the median heuristic.
 
     Returns:
         The descent direction, same shape and dtype as ``scores``.
@@ -132,11 +140,16 @@ def csd_gradient(
         raise ValueError(
             f"scores: expected the same shape as particles {tuple(particles.shape)}, got {tuple(scores.shape)}"
         )
-    n = particles.shape[0]
+    if normalization not in typing.get_args(Normalization):
+        raise ValueError(
+            f"normalization: expected one of {list(typing.get_args(Normalization))}, got {normalization!r}"
+        )
     flat_x = _flat32(particles)
     flat_s = _flat32(scores)
     k, h = rbf_kernel(particles, bandwidth)  # symmetric: k[j, i] == k[i, j]
+    row_sum = k.sum(dim=1, keepdim=True)  # Σ_j k_ji >= k_ii = 1
     drive = k @ flat_s
-    repel = (2.0 / h) * (k @ flat_x - flat_x * k.sum(dim=1, keepdim=True))
-    g = (drive + repulsion * repel) / n
+    repel = (2.0 / h) * (k @ flat_x - flat_x * row_sum)
+    z = {"row": row_sum, "mean": row_sum.mean(), "count": particles.shape[0]}[normalization]
+    g = (drive + repulsion * repel) / z
     return g.reshape(scores.shape).to(scores.dtype)

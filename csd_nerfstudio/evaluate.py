@@ -3,15 +3,16 @@
 ::
 
     python -m csd_nerfstudio.evaluate --data SCENE --prompt "recolor it" --model embedded \\
-        --arms csd in2n independent --seeds 0 1 2 --output DIR [--load-dir BASE] [--method csd-edit-tiny]
+        --arms csd in2n independent --seeds 0 1 2 --output DIR [--load-dir BASE] [--method csd-edit-tiny] \\
+        [--match-strength csd [--match-tries 4]]
 
 One base scene is fitted once to the photos (or taken from ``--load-dir``); every arm starts from that checkpoint
 and edits for ``--iterations`` steps. Each arm runs in its own process: a crashed arm is reported and the others
 still land, and each arm's peak memory is its own. For each arm the script renders every training camera and a
 smooth camera path through them, then writes:
 
-- ``report.json`` and ``report.md``: the metrics per arm and seed, their means and the ratios of CSD to the
-  baselines (written atomically);
+- ``report.json`` and ``report.md``: the metrics per arm and seed, their means, each arm's status (collapsed;
+  matched or unmatched) and the ratios of CSD to the baselines that are neither (written atomically);
 - ``path.gif``: the camera path side by side (original scene | in2n | independent | csd | other arms);
 - ``contact_seed{S}.png``: training views (columns) of the photos, the original scene and every arm (rows).
 
@@ -27,14 +28,26 @@ Metrics (:func:`view_metrics`; renders and photos at the edit resolution, in [0,
   the edits add; ``edit_inconsistency`` removes it. The headline ratios use both.
 - **strength**: :func:`csd2d.tiny.edits.edit_strength` of the renders against the photos (hue shift in degrees for
   ``recolor it``, relative luma drop for ``make it night``, mean absolute change otherwise).
-- **inconsistency_per_strength**: inconsistency ÷ strength (arms are compared per unit of strength, not at a
-  matched strength).
+- **inconsistency_per_strength**: inconsistency ÷ strength (without ``--match-strength`` the arms are compared
+  per unit of strength).
+- **matched strength** (``--match-strength REF``): every other arm's strength knob (``edit.lr``; the in2n arm's
+  text guidance ``edit.guidance_scale``) is searched on the first seed, at most ``--match-tries`` runs, until its
+  strength is within 10 % of REF's; all seeds then run at the value found
+  (:func:`csd_nerfstudio.matching.match_arm`). ``report["arms"][arm]["match"]`` holds the knob, the value, every
+  try (value → strength) and ``matched`` (the mean over seeds within 10 % of REF's); an unmatched arm is marked so
+  and left out of the ratios.
+- **structure_r2**, **contrast**, **collapsed**: the share of each render's variance its photo explains through
+  the view's colour map, and its luma contrast relative to the photo's (means over views;
+  :func:`csd_nerfstudio.matching.collapse_metrics`). An arm below either floor has lost the image (a black or flat
+  scene) and is *collapsed*: its inconsistency (a constant image has no colour map to disagree about) and
+  ``structure_psnr`` (a constant image is an exact affine map of any photo) are not results, and it is left out of
+  the ratios (``report["excluded_from_ratios"]`` says why). An arm is collapsed when any of its seeds is.
 - **fit_psnr**: PSNR of the renders against the arm's own final training images (a scene cannot fit edits that
   disagree).
 - **structure_psnr**: PSNR of each render against its photo passed through that view's colour map, i.e. what
   is left after removing the colour edit. Compare it with the original scene's figure: a scene whose content
-  was destroyed scores far lower. It measures colour edits (recolor, night); for edits that change shapes it
-  only says how far the render is from a recoloured photo.
+  was destroyed scores far lower, except a black or flat one (see *collapsed*). It measures colour edits
+  (recolor, night); for edits that change shapes it only says how far the render is from a recoloured photo.
 - **psnr_to_photos**: PSNR of the renders against the photos.
 - **clip_***: the paper's CLIP metrics (:func:`csd2d.paper_metrics.evaluate_frames` over the training views in
   camera order) when ``--clip-model`` is given; absent otherwise.
@@ -64,7 +77,8 @@ from csd2d.imaging import stack_images
 from csd2d.io import write_text_atomic
 
 from .benchmark import peak_memory, train_measured
-from .config import METHODS, method_config
+from . import matching
+from .config import FAST_NORMALIZATION, FAST_ROUNDS, METHODS, method_config
 
 __all__ = ["ARMS", "EvalArgs", "view_metrics", "run_eval"]
 
@@ -74,12 +88,32 @@ ARMS: Dict[str, Dict] = {
     "independent": {"update": "csd", "edit.coupling": False},
     "csd-random-views": {"update": "csd", "view_selection": "random"},
     "csd-carry-1": {"update": "csd", "carry": 1.0},
+    "joint": {"update": "csd", "schedule": "joint", "joint.rounds": FAST_ROUNDS,
+              "edit.normalization": FAST_NORMALIZATION},
+    "joint-independent": {"update": "csd", "schedule": "joint", "joint.rounds": FAST_ROUNDS,
+                          "edit.normalization": FAST_NORMALIZATION, "edit.coupling": False},
 }
 """Arms: pipeline settings on top of the method's. ``independent`` is the csd update with the kernel off (the same
 views and UNet evaluations); ``csd-random-views`` draws the views at random as the paper's 3D schedule does;
-``csd-carry-1`` is the update before it was bounded (each update starts from the render)."""
+``csd-carry-1`` is the update before it was bounded (each update starts from the render); ``joint`` is
+csd-edit-fast's joint schedule (every training view edited together, csd_nerfstudio.joint) and
+``joint-independent`` the same with the kernel off. A joint arm's rounds share the arm's editing steps
+(``joint.fit_steps`` = iterations / rounds, see :func:`arm_settings`)."""
 
-GIF_ORDER = ("in2n", "independent", "csd")
+PAIRS = (("csd", "in2n"), ("csd", "independent"), ("joint", "in2n"), ("joint", "joint-independent"),
+         ("joint", "independent"), ("joint", "csd"))
+"""The ratios the report gives (first / second), where both arms ran and neither is excluded."""
+
+
+def arm_settings(arm: str, iterations: int) -> Dict:
+    """Arm ``arm``'s pipeline settings (ARMS) for ``iterations`` editing steps: a joint arm fits
+    ``iterations / rounds`` steps after each round, so that every arm trains the same steps."""
+    out = dict(ARMS[arm])
+    if out.get("schedule") == "joint" and "joint.fit_steps" not in out:
+        out["joint.fit_steps"] = max(1, iterations // out.get("joint.rounds", FAST_ROUNDS))
+    return out
+
+GIF_ORDER = ("in2n", "independent", "csd", "joint-independent", "joint")
 
 
 def _parse_value(text: str):
@@ -212,6 +246,7 @@ def view_metrics(views: torch.Tensor, photos: torch.Tensor, train: torch.Tensor,
         "fit_psnr": _psnr(views, train),
         "structure_psnr": _psnr(views, mapped),
         "psnr_to_photos": _psnr(views, photos),
+        **matching.collapse_metrics(views, photos),
     }
 
 
@@ -239,7 +274,7 @@ class EvalArgs:
     model: str = "embedded"
     """InstructPix2Pix model (hub id, local folder or "embedded"); --pipeline.diffusion-model."""
     arms: List[str] = dataclasses.field(default_factory=lambda: ["csd", "in2n", "independent"])
-    """Arms to run (see ARMS): csd, in2n, independent, csd-random-views, csd-carry-1."""
+    """Arms to run (see ARMS): csd, in2n, independent, csd-random-views, csd-carry-1, joint, joint-independent."""
     seeds: List[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     """Seeds: each arm runs once per seed (edit.seed and the machine seed)."""
     method: str = "csd-edit-tiny"
@@ -263,6 +298,12 @@ class EvalArgs:
     isolate: bool = True
     """Run each arm in its own process (a crash is reported and the other arms go on; peak memory per arm).
     False runs them in this process: faster to start, for tests; peak memory is then the process's so far."""
+    match_strength: Optional[str] = None
+    """An arm of --arms: search every other arm's strength knob (edit.lr; in2n: edit.guidance-scale) on the first
+    seed until its edit strength is within 10 % of this arm's, then run all seeds there (csd_nerfstudio.matching).
+    None compares the arms at their settings, per unit of strength."""
+    match_tries: int = 4
+    """Runs of the --match-strength search per arm (on the first seed), at most."""
 
 
 def _run_child(spec: Dict, log: Path) -> Optional[str]:
@@ -322,28 +363,64 @@ def _mean(entries: List[Dict]) -> Dict[str, float]:
 
 
 def _markdown(report: Dict) -> str:
-    cols = ["edit_inconsistency", "inconsistency", "strength", "edit_inconsistency_per_strength", "fit_psnr", "structure_psnr",
-            "psnr_to_photos", "seconds", "unet_samples", "peak_rss_mib"]
+    cols = ["edit_inconsistency", "inconsistency", "strength", "edit_inconsistency_per_strength", "fit_psnr",
+            "structure_psnr", "structure_r2", "contrast", "psnr_to_photos", "seconds", "unet_samples", "peak_rss_mib"]
+    ref = next((a for a, e in report["arms"].items() if e.get("match", {}).get("reference")), None)
+    compared = (f"the other arms' strength knob was searched to match {ref}'s strength (within "
+                f"{matching.STRENGTH_TOLERANCE:.0%}; see below)" if ref else
+                "the arms are compared per unit of edit strength (the …_per_strength columns), not at a matched "
+                "strength")
     lines = [f"# 3D edit evaluation: {report['prompt']!r} on {report['data']}", "",
              f"Command: `{report['command']}`", "",
              f"Method {report['method']}, seeds {report['seeds']}, {report['iterations']} editing steps per arm "
-             "from one base scene. Means over seeds; the arms are compared per unit of edit strength "
-             "(the …_per_strength columns), not at a matched strength.", "",
-             "| arm | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    rows = {"original scene": report["base"].get("metrics", {})}
-    rows.update({arm: entry.get("mean", {}) for arm, entry in report["arms"].items()})
-    for name, m in rows.items():
+             f"from one base scene. Means over seeds; {compared}. A **collapsed** arm lost the image (structure r² "
+             f"below {matching.STRUCTURE_FLOOR} or contrast below {matching.CONTRAST_FLOOR} of the photos'): its "
+             "consistency and structure figures are not results and it is left out of the ratios.", "",
+             "| arm | status | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    rows = {"original scene": ({}, report["base"].get("metrics", {}))}
+    rows.update({arm: (entry, entry.get("mean", {})) for arm, entry in report["arms"].items()})
+    for name, (entry, m) in rows.items():
+        status = _status(entry) if name in report["arms"] else ""
         cells = [f"{m[c]:.4g}" if c in m else "–" for c in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if entry.get("collapsed"):
+            cells[cols.index("structure_psnr")] = f"({cells[cols.index('structure_psnr')]}, collapsed)"
+        lines.append(f"| {name} | {status} | " + " | ".join(cells) + " |")
     if report["ratios"]:
         lines += ["", "Ratios of CSD to the baselines (mean over seeds):", ""]
         lines += [f"- {k}: {v:.3f}" for k, v in report["ratios"].items()]
+    if report.get("excluded_from_ratios"):
+        lines += ["", "Not compared:", ""] + [f"- {a}: {r}" for a, r in report["excluded_from_ratios"].items()]
+    searched = {a: e["match"] for a, e in report["arms"].items() if e.get("match", {}).get("knob")}
+    if searched:
+        lines += ["", f"Matched strength (reference {ref}; tries on seed {report['seeds'][0]}, value → strength):",
+                  ""]
+        for arm, match in searched.items():
+            tries = ", ".join(f"{t['value']:.4g} → " + ("failed" if t.get("error") else f"{t['strength']:.4g}")
+                              for t in match["tries"])
+            mean = f", mean strength {match['strength']:.4g}" if "strength" in match else ""
+            lines.append(f"- {arm}: {match['knob']} {match['start']:.4g} → {match['value']:.4g} (tries: "
+                         f"{tries or 'none'}; target {match['target']:.4g}, reference mean "
+                         f"{match['reference_strength']:.4g}{mean}): "
+                         + ("matched" if match["matched"] else f"**unmatched**, {match['reason']}"))
     failed = {f"{arm} seed {s}": e["error"] for arm, entry in report["arms"].items()
               for s, e in entry["seeds"].items() if "error" in e}
     if failed:
         lines += ["", "Failed runs:", ""] + [f"- {k}: `{v.splitlines()[-1] if v else ''}`" for k, v in failed.items()]
     lines += ["", "Metrics are defined in `csd_nerfstudio/evaluate.py`."]
     return "\n".join(lines) + "\n"
+
+
+def _status(entry: Dict) -> str:
+    """An arm's status cell: collapsed, unmatched, matched (its searched value) or the reference."""
+    words = []
+    if entry.get("collapsed"):
+        words.append("**collapsed**")
+    match = entry.get("match", {})
+    if match.get("reference"):
+        words.append("reference")
+    elif match:
+        words.append(f"matched ({match['knob']} {match['value']:.4g})" if match["matched"] else "**unmatched**")
+    return ", ".join(words) or "ok"
 
 
 def command_line(module: str, argv: List[str]) -> str:
@@ -365,6 +442,10 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
                          f"{str(args.output)!r}, inside --data {str(args.data)!r}")
     if args.captions is not None and len(args.captions) != 2:
         raise ValueError(f"--captions: expected two captions (source, target), got {len(args.captions)}")
+    if args.match_strength is not None and args.match_strength not in args.arms:
+        raise ValueError(f"--match-strength: expected one of the --arms {args.arms}, got {args.match_strength!r}")
+    if args.match_tries < 1:
+        raise ValueError(f"--match-tries: expected a number of runs >= 1, got {args.match_tries}")
     settings = {"prompt": args.prompt, "diffusion_model": args.model, **parse_overrides(args.set)}
     base_cfg = method_config(args.method, args.data, args.output, 1, settings)  # validates method and settings
     pretrain = base_cfg.pipeline.pretrain_steps if args.pretrain_steps is None else args.pretrain_steps
@@ -402,40 +483,74 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
 
         clip = ClipScorer.from_pretrained(args.clip_model, arg_name="--clip-model")
     renders: Dict[str, Dict[int, Dict[str, np.ndarray]]] = {}
-    for arm in args.arms:
-        entry = report["arms"].setdefault(arm, {"settings": ARMS[arm], "seeds": {}})
-        for seed in args.seeds:
-            d = args.output / "arms" / f"{arm}-seed{seed}"
+    loaded: Dict[str, Dict[str, np.ndarray]] = {}
+
+    def measure(arm: str, seed: int, extra: Dict) -> Dict:
+        """One run of ``arm`` at ``seed`` with settings ``extra`` on top (a --match-strength try): its metrics,
+        or ``{"error": ...}``. Runs with other settings get folders of their own, so --reuse skips each."""
+        name = f"{arm}-seed{seed}" + "".join(f"-{k}={v:g}" for k, v in extra.items())
+        d = args.output / "arms" / name
+        if str(d) not in loaded:
             spec = {**common, "arm": arm, "seed": seed, "dir": str(d), "iterations": iterations,
-                    "settings": {**settings, **ARMS[arm]}, "load_dir": load_dir}
-            error = None if done(d) else _run(spec, args.output / "arms" / f"{arm}-seed{seed}.log", args.isolate)
+                    "settings": {**settings, **arm_settings(arm, iterations), **extra}, "load_dir": load_dir}
+            error = None if done(d) else _run(spec, args.output / "arms" / f"{name}.log", args.isolate)
             if error is not None:
-                entry["seeds"][seed] = {"error": error}
-                print(f"[evaluate] {arm} seed {seed} failed (reported; the other arms go on)", flush=True)
-                continue
-            r = dict(np.load(d / "renders.npz"))
-            renders.setdefault(arm, {})[seed] = r
-            views, photos = _float(r["views"]), _float(r["photos"])
-            metrics = view_metrics(views, photos, _float(r["train"]), args.prompt, _float(base["views"]))
-            if clip is not None:
-                metrics.update(_clip_metrics(clip, views, photos, args.captions))
-            metrics.update({k: v for k, v in json.loads((d / "cost.json").read_text()).items()
-                            if isinstance(v, (int, float))})
-            entry["seeds"][seed] = metrics
-            print(f"[evaluate] {arm} seed {seed}: " + ", ".join(
-                f"{k} {metrics[k]:.4g}" for k in ("edit_inconsistency", "inconsistency", "strength", "structure_psnr",
-                                                  "seconds")),
-                flush=True)
+                print(f"[evaluate] {name} failed (reported; the other arms go on)", flush=True)
+                return {"error": error}
+            loaded[str(d)] = dict(np.load(d / "renders.npz"))
+        r = loaded[str(d)]
+        views, photos = _float(r["views"]), _float(r["photos"])
+        metrics = view_metrics(views, photos, _float(r["train"]), args.prompt, _float(base["views"]))
+        if clip is not None:
+            metrics.update(_clip_metrics(clip, views, photos, args.captions))
+        metrics.update({k: v for k, v in json.loads((d / "cost.json").read_text()).items()
+                        if isinstance(v, (int, float))})
+        metrics["run"] = name
+        print(f"[evaluate] {name}: " + ", ".join(
+            f"{k} {metrics[k]:.4g}" for k in ("edit_inconsistency", "inconsistency", "strength", "structure_psnr",
+                                              "structure_r2", "seconds")), flush=True)
+        return metrics
+
+    for arm in args.arms:
+        report["arms"][arm] = {"settings": arm_settings(arm, iterations), "seeds": {}}
+    ref = args.match_strength
+    for arm in ([ref] + [a for a in args.arms if a != ref]) if ref else args.arms:
+        entry = report["arms"][arm]
+        if ref and arm != ref:
+            ref_seeds = report["arms"][ref]["seeds"]
+            pipeline = method_config(args.method, args.data, args.output, 1,
+                                     {**settings, **arm_settings(arm, iterations)}).pipeline
+            knob = matching.strength_knob(pipeline)
+            ref_ok = [m["strength"] for m in ref_seeds.values() if "error" not in m]
+            first = ref_seeds.get(args.seeds[0], {})
+            match = matching.match_arm(lambda value, seed: measure(arm, seed, {knob: value}), knob,
+                                       matching.knob_value(pipeline, knob), first.get("strength", 0.0),
+                                       float(np.mean(ref_ok)) if ref_ok else 0.0, args.seeds, args.match_tries)
+            entry["seeds"] = match.pop("seeds")
+            entry["match"] = match
+            print(f"[evaluate] {arm}: {knob} {match['value']:.4g}, "
+                  + ("matched" if match["matched"] else f"unmatched ({match['reason']})"), flush=True)
+        else:
+            entry["seeds"] = {seed: measure(arm, seed, {}) for seed in args.seeds}
+            if ref:
+                entry["match"] = {"reference": True}
+        for seed, m in entry["seeds"].items():
+            if "error" not in m:
+                renders.setdefault(arm, {})[seed] = loaded[str(args.output / "arms" / m["run"])]
         ok = [m for m in entry["seeds"].values() if "error" not in m]
         if ok:
             entry["mean"] = _mean(ok)
+            entry["mean"]["collapsed"] = entry["collapsed"] = any(m["collapsed"] for m in ok)
+    renders = {a: renders[a] for a in args.arms if a in renders}  # --arms order for the pictures
     means = {arm: e["mean"] for arm, e in report["arms"].items() if "mean" in e}
-    if "csd" in means:
-        for other in ("in2n", "independent"):
-            if other in means:
-                for key in ("edit_inconsistency", "edit_inconsistency_per_strength", "inconsistency",
-                            "inconsistency_per_strength"):
-                    report["ratios"][f"{key} csd / {other}"] = means["csd"][key] / max(means[other][key], 1e-12)
+    excluded = {arm: reason for arm in means if (reason := _not_comparable(report["arms"][arm]))}
+    if excluded:
+        report["excluded_from_ratios"] = excluded
+    for first, other in PAIRS:
+        if all(a in means and a not in excluded for a in (first, other)):
+            for key in ("edit_inconsistency", "edit_inconsistency_per_strength", "inconsistency",
+                        "inconsistency_per_strength"):
+                report["ratios"][f"{key} {first} / {other}"] = means[first][key] / max(means[other][key], 1e-12)
     # Pictures for people: the first seed that every drawn arm finished.
     seed = next((s for s in args.seeds if all(s in renders.get(a, {}) for a in renders)), None)
     if seed is not None and renders:
@@ -449,6 +564,19 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
                               "contact_sheets": [f"contact_seed{s}.png" for s in args.seeds]}
     _write_report(args.output, report)
     return report
+
+
+def _not_comparable(entry: Dict) -> Optional[str]:
+    """Why an arm's consistency must not be compared (collapsed, or unmatched under --match-strength); None if
+    it may."""
+    if entry.get("collapsed"):
+        m = entry["mean"]
+        return (f"collapsed (structure r² {m['structure_r2']:.2f}, floor {matching.STRUCTURE_FLOOR}; contrast "
+                f"{m['contrast']:.3f}, floor {matching.CONTRAST_FLOOR})")
+    match = entry.get("match", {})
+    if match and not match.get("reference") and not match.get("matched"):
+        return f"unmatched: {match.get('reason', '')}"
+    return None
 
 
 def _write_report(folder: Path, report: Dict) -> None:

@@ -47,11 +47,17 @@ class JointConfig:
     """Start of each later round: ``z_photo + carry·(z_render − z_photo)``. 1 starts from the render, the scene's
     agreed edit, which the round refines at less noise (DGE's rounds start from the renders)."""
 
+    max_batch: int = 24
+    """UNet rows per call in a round when ``edit.max_batch`` is None (each view takes 6 rows: three-way guidance
+    of the target and of the source), so that a round's memory does not grow with its views. Our measurement:
+    393 MiB per 6 rows in fp16 on an H200 (benchmarks/RESULTS.md), so 24 rows are about 1.6 GiB above the
+    weights; ``edit.max_batch`` overrides it."""
+
     def __post_init__(self) -> None:
         if self.views is not None and not (isinstance(self.views, int) and self.views >= 1):
             raise ValueError(f"--pipeline.joint.views: expected a positive integer or None (every view), got "
                              f"{self.views!r}")
-        for name in ("rounds", "fit_steps"):
+        for name in ("rounds", "fit_steps", "max_batch"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"--pipeline.joint.{name.replace('_', '-')}: expected a positive integer, got {value!r}")
@@ -118,49 +124,58 @@ def _clock(seconds: float) -> str:
 
 
 class JointProgress:
-    """What a joint round reports while it runs: "editing views k/K" with an ETA for the whole edit, on the
-    console (a line at each tenth of the work) and through ``show`` (the viewer's status line, every step).
+    """What a joint round reports while it runs: "rendering views k/K", then "editing views 1–K/K together, CSD
+    step s/S", each with an ETA of the round, on the console (a line at each tenth of each phase) and through
+    ``show`` (the viewer's status line, at every view and step).
 
     nerfstudio's own ETA counts training steps and knows nothing of a round that holds one step for minutes (IN2N
-    #75's users were misled by it), so the round's own clock is what this reports. The work is rendering every
-    view, then ``steps`` CSD steps over all of them, then decoding; each CSD step scores every view, so the
-    views' count is the number done in the current pass."""
+    #75's users were misled by it), so the round keeps its own clock. The ETA adds the renders left at the
+    measured seconds per render and the CSD steps left at the measured seconds per step; before the first step
+    of the first round that rate is unknown and the ETA says so (later rounds reuse the last round's rate)."""
+
+    step_seconds: Optional[float] = None
+    """Seconds per CSD step of the last round that ran one (in this process), for the next round's first ETA."""
 
     def __init__(self, round_index: int, rounds: int, views: int, steps: int,
                  say: Callable[[str], None], show: Callable[[str], None] = lambda text: None) -> None:
         self.round, self.rounds, self.views, self.steps = round_index, rounds, views, steps
         self.say, self.show = say, show
         self.start = time.perf_counter()
-        self.total = views + steps * views  # renders, then view-steps of the joint edit
-        self.done = 0
-        self._said = -1
+        self._edit_start: Optional[float] = None
+        self._said = (None, -1)
         self.lines: List[str] = []
 
-    def _report(self, what: str, force: bool = False) -> None:
+    def _report(self, phase: str, what: str, fraction: float, eta: Optional[float]) -> None:
         elapsed = time.perf_counter() - self.start
-        eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
-        eta_text = "?" if math.isnan(eta) else _clock(eta)
-        text = f"joint round {self.round + 1}/{self.rounds}: {what}, ETA {eta_text} (elapsed {_clock(elapsed)})"
+        eta_text = "ETA ?" if eta is None else f"ETA {_clock(eta)}"
+        text = f"joint round {self.round + 1}/{self.rounds}: {what}, {eta_text} (elapsed {_clock(elapsed)})"
         self.show(text)
-        tenth = int(10 * self.done / self.total)
-        if force or tenth > self._said:
-            self._said = tenth
+        tenth = int(10 * fraction)
+        if (phase, tenth) != self._said and (phase != self._said[0] or tenth > self._said[1]):
+            self._said = (phase, tenth)
             self.lines.append(text)
             self.say(f"csd-edit: {text}")
 
     def rendered(self, k: int) -> None:
         """View ``k`` (1-based) of the round has been rendered."""
-        self.done = k
-        self._report(f"rendering views {k}/{self.views}")
+        per_render = (time.perf_counter() - self.start) / k
+        rate = type(self).step_seconds
+        eta = None if rate is None else (self.views - k) * per_render + self.steps * rate
+        self._report("render", f"rendering views {k}/{self.views}", k / self.views, eta)
+        if k == self.views:
+            self._edit_start = time.perf_counter()
 
     def stepped(self, step: int) -> None:
         """CSD step ``step`` (0-based) has updated every view."""
-        self.done = self.views + (step + 1) * self.views
-        self._report(f"editing views 1–{self.views}/{self.views} together, CSD step {step + 1}/{self.steps}")
+        if self._edit_start is None:
+            self._edit_start = self.start
+        rate = (time.perf_counter() - self._edit_start) / (step + 1)
+        type(self).step_seconds = rate
+        self._report("edit", f"editing views 1–{self.views}/{self.views} together, CSD step {step + 1}/{self.steps}",
+                     (step + 1) / self.steps, (self.steps - step - 1) * rate)
 
     def finished(self) -> float:
         """The round is written back; returns its wall seconds."""
-        self.done = self.total
         seconds = time.perf_counter() - self.start
         text = (f"joint round {self.round + 1}/{self.rounds}: {self.views} views edited together in "
                 f"{seconds:.1f} s")

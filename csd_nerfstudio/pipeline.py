@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from csd2d import DEFAULT_MODEL, ConfigError, EditConfig, IP2PGuidance, csd_edit_step
-from csd2d.config import MemoryConfig
+from csd2d.config import MemoryConfig, Normalization
 from csd2d.imaging import model_hw
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
@@ -68,6 +68,11 @@ class SceneEditConfig(EditConfig):
     the paper's 3D schedule (16) is the csd-edit-paper method."""
     vae_tile: int = 0
     """Tiled VAE tile side in pixels; 0 encodes whole views (renders are at most render-max-side)."""
+    normalization: Normalization = "count"
+    """The iterative update's step normalisation: count, the paper's 1/N, with which csd-edit's and csd-edit-tiny's
+    learning rates and the README's 3D evidence were measured (N = 4, where the mean row sum / N is 0.41). The
+    joint schedule's methods (csd-edit-fast, csd-edit-tiny-fast) set their own: there N is every view and 1/N
+    would shrink the step tenfold (csd2d.config.StepConfig.normalization)."""
 
     def __post_init__(self) -> None:
         try:
@@ -418,7 +423,8 @@ class CSDPipeline(VanillaPipeline):
             schedule = ""
             if self.config.schedule == "joint":
                 joint = self.config.joint
-                schedule = f"joint schedule: {joint.rounds} rounds, {joint.fit_steps} fit steps each, "
+                schedule = (f"joint schedule: {joint.rounds} round{'s' if joint.rounds > 1 else ''}, "
+                            f"{joint.fit_steps} fit steps after each, ")
             CONSOLE.print(f"csd-edit: editing starts at step {step} ({schedule}{self.config.update} update, "
                           f"{self.config.mode} mode, {self.updates} updates done)")
         if due and self.config.schedule == "joint":
@@ -499,7 +505,7 @@ class CSDPipeline(VanillaPipeline):
         if self.config.schedule == "joint":
             t_max, carry = round_plan(self.config.joint, edit.t_min, edit.t_max, job.update)
             hi = max(lo, round(hi * t_max / max(edit.t_max, 1)))  # in2n: its noise falls with the rounds' t_max
-            edit = dataclasses.replace(edit, t_max=t_max)
+            edit = dataclasses.replace(edit, t_max=t_max, max_batch=edit.max_batch or self.config.joint.max_batch)
         if self.config.update == "in2n":
             return in2n_update(self.guidance, job, edit, self.text_emb, gen, self.config.in2n_ddim_steps,
                                t_range=(lo, hi))
@@ -525,8 +531,8 @@ class CSDPipeline(VanillaPipeline):
         self.last_update_step = step
         self.progress.finished()
         if self.updates == self.config.joint.rounds:
-            CONSOLE.print(f"csd-edit: the {self.updates} joint rounds are done; the scene fits the edits for "
-                          f"{self.config.joint.fit_steps} steps")
+            CONSOLE.print(f"csd-edit: joint edit done ({self.updates} round{'s' if self.updates > 1 else ''}); "
+                          f"the scene fits the edits for {self.config.joint.fit_steps} steps")
 
     def _dataset_update(self, step: int) -> None:
         job = self.make_job(self.updates)

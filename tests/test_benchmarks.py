@@ -146,7 +146,7 @@ def test_gpu_script_cpu_dry_run(tmp_path):
     assert controls["offload text encoder + VAE"]["max_rel_grad_diff"] == 0
     scene = json.loads((tmp_path / "scene3d.json").read_text())
     rows = scene["rows"]
-    assert list(rows) == ["no-edits", "csd", "in2n", "distill", "csd-async", "paper-update"]
+    assert list(rows) == ["no-edits", "csd", "in2n", "distill", "csd-async", "paper-update", "joint"]
     assert all(r["s_per_iteration"] > 0 and r["peak_rss_mib"] > 0 for r in rows.values())
     assert rows["no-edits"]["views_edited"] == 0 and rows["csd"]["updates"] == 2  # 2 steps, one update each
     assert rows["csd"]["views_edited"] == 2 * rows["csd"]["batch"] and rows["in2n"]["views_edited"] == 2
@@ -155,6 +155,9 @@ def test_gpu_script_cpu_dry_run(tmp_path):
     est = scene["estimates"]
     assert est["paper_schedule_s"] == pytest.approx(15000 * rows["no-edits"]["s_per_iteration"]
                                                     + 8 * rows["paper-update"]["update_s"])
+    assert rows["joint"]["updates"] == 1 and rows["joint"]["views_edited"] == 6  # one round of every view
+    assert est["joint_schedule_s"] == pytest.approx(est["joint_rounds"] * (
+        rows["joint"]["update_s"] + est["joint_fit_steps"] * rows["no-edits"]["s_per_iteration"]))
     assert est["async_speedup"] == pytest.approx(rows["csd"]["s_per_iteration"] / rows["csd-async"]["s_per_iteration"])
     goals = json.loads((tmp_path / "goals.json").read_text())["goals"]
     assert len(goals) == 4 and goals[0]["met"] is None  # the dry run has no N = 16 step: no figure, not "met"

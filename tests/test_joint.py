@@ -89,7 +89,8 @@ def test_rounds_start_from_the_photos_then_the_renders_with_less_noise():
         JointConfig(carry=2)
 
 
-def test_progress_names_the_views_and_an_eta_of_the_edit():
+def test_progress_names_the_views_and_an_eta_of_the_edit(monkeypatch):
+    monkeypatch.setattr(JointProgress, "step_seconds", None)
     said, shown = [], []
     progress = JointProgress(0, 2, views=30, steps=20, say=said.append, show=shown.append)
     for k in range(1, 31):
@@ -97,11 +98,15 @@ def test_progress_names_the_views_and_an_eta_of_the_edit():
     for s in range(20):
         progress.stepped(s)
     progress.finished()
-    assert "rendering views 30/30" in shown[29] and "ETA" in shown[29]
-    assert "editing views 1–30/30 together, CSD step 20/20" in shown[-2]
+    assert "rendering views 30/30, ETA ?" in shown[29]  # no CSD step timed yet in this process
+    assert "editing views 1–30/30 together, CSD step 20/20, ETA 0:00" in shown[-2]
+    assert "CSD step 1/20, ETA 0:" in shown[30]
     assert shown[-1].startswith("joint round 1/2: 30 views edited together in")
-    assert 8 <= len(said) <= 13  # a console line at each tenth, not one per step
+    assert 16 <= len(said) <= 24  # a console line at each tenth of each phase, not one per view or step
     assert all(line.startswith("csd-edit: joint round 1/2") for line in said)
+    second = JointProgress(1, 2, views=30, steps=20, say=said.append, show=shown.append)
+    second.rendered(1)
+    assert "rendering views 1/30, ETA 0:" in shown[-1]  # the first round's step time makes an ETA
 
 
 def test_max_batch_chunks_give_the_same_joint_edit(scene):
@@ -218,3 +223,18 @@ def test_load_dir_of_a_plain_nerfacto_checkpoint_is_edited_at_once(scene, tmp_pa
 def test_joint_needs_the_dataset_mode(scene, tmp_path):
     with pytest.raises(ValueError, match=r"--pipeline\.schedule: joint edits the training views .* got 'distill'"):
         tiny_config(scene, tmp_path, iterations=1, schedule="joint", mode="distill")
+
+
+def test_joint_arms_of_the_evaluation_share_the_editing_steps(scene, tmp_path):
+    """evaluate's joint arms: csd-edit-fast's rounds and normalisation, the arm's steps split over the rounds, and
+    the kernel off in joint-independent only; the settings build a valid pipeline."""
+    from csd_nerfstudio.config import FAST_NORMALIZATION, FAST_ROUNDS, csd_edit_fast, method_config
+    from csd_nerfstudio.evaluate import PAIRS, arm_settings
+
+    joint, off = arm_settings("joint", 200), arm_settings("joint-independent", 200)
+    assert joint["joint.fit_steps"] == 200 // FAST_ROUNDS and joint["edit.normalization"] == FAST_NORMALIZATION
+    assert {k: v for k, v in off.items() if k != "edit.coupling"} == joint and off["edit.coupling"] is False
+    pipe = method_config("csd-edit-tiny", scene, tmp_path, 200, joint).pipeline
+    assert (pipe.schedule, pipe.joint.rounds, pipe.edit.normalization) == ("joint", FAST_ROUNDS, FAST_NORMALIZATION)
+    assert csd_edit_fast.config.pipeline.joint.rounds == FAST_ROUNDS
+    assert ("joint", "joint-independent") in PAIRS and ("joint", "in2n") in PAIRS

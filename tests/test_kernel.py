@@ -1,4 +1,7 @@
-"""The CSD kernel and SVGD mixing: closed forms against autograd and the defining properties."""
+"""The CSD kernel and SVGD mixing: closed forms against autograd and the defining properties.
+
+``csd_gradient`` is checked here in the paper's form (``normalization="count"``, eq. 6); the row-sum form has its
+own tests in ``test_step_size.py``, and the SVGD properties below are checked for both."""
 
 import math
 
@@ -38,13 +41,13 @@ def test_two_particles_are_finite():
     d = (x[0] - x[1]).pow(2).sum()
     assert torch.isclose(h, d / math.log(3))
     assert torch.isclose(k[0, 1], torch.tensor(math.exp(-math.log(3))))  # exp(-d/h) = 1/3
-    g = csd_gradient(torch.randn_like(x), x, repulsion=1.0)
+    g = csd_gradient(torch.randn_like(x), x, repulsion=1.0, normalization="count")
     assert torch.isfinite(g).all()
 
 
 def test_identical_particles_stay_finite():
     x = torch.ones(4, 2, 3)
-    g = csd_gradient(torch.randn_like(x), x, repulsion=1.0)
+    g = csd_gradient(torch.randn_like(x), x, repulsion=1.0, normalization="count")
     assert torch.isfinite(g).all()
 
 
@@ -70,19 +73,20 @@ def test_csd_gradient_matches_definition():
         expected = torch.stack(
             [sum(k[j, i] * s[j] - repulsion * grad_k[j, i] for j in range(n)) / n for i in range(n)]
         )
-        assert torch.allclose(csd_gradient(s, x, repulsion=repulsion), expected, atol=1e-5)
+        assert torch.allclose(csd_gradient(s, x, repulsion=repulsion, normalization="count"), expected, atol=1e-5)
 
 
 def test_single_particle_is_plain_score_distillation():
     x, s = _particles(1), _particles(1, seed=3)
-    assert torch.equal(csd_gradient(s, x, repulsion=1.0), s)
-    assert torch.equal(csd_gradient(s.half(), x.half(), repulsion=1.0), s.half())
+    assert torch.equal(csd_gradient(s, x, repulsion=1.0, normalization="count"), s)
+    assert torch.equal(csd_gradient(s.half(), x.half(), repulsion=1.0, normalization="count"), s.half())
 
 
-def test_zero_score_descent_step_repels():
+@pytest.mark.parametrize("normalization", ["count", "row"])
+def test_zero_score_descent_step_repels(normalization):
     x = _particles(8, shape=(4,))
     before = torch.pdist(x).min()
-    x_new = x - 0.5 * csd_gradient(torch.zeros_like(x), x, repulsion=1.0)
+    x_new = x - 0.5 * csd_gradient(torch.zeros_like(x), x, repulsion=1.0, normalization=normalization)
     after = torch.pdist(x_new).min()
     assert after > before * 1.01
 
@@ -90,8 +94,8 @@ def test_zero_score_descent_step_repels():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_matches_fp32(dtype):
     x, s = _particles(6), _particles(6, seed=4)
-    ref = csd_gradient(s, x, repulsion=1.0)
-    low = csd_gradient(s.to(dtype), x.to(dtype), repulsion=1.0)
+    ref = csd_gradient(s, x, repulsion=1.0, normalization="count")
+    low = csd_gradient(s.to(dtype), x.to(dtype), repulsion=1.0, normalization="count")
     assert low.dtype == dtype
     assert torch.isfinite(low).all()
     assert torch.allclose(low.float(), ref, rtol=0.05, atol=0.02)
@@ -102,21 +106,23 @@ def test_low_precision_matches_fp32(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cuda_matches_cpu(dtype):
     x, s = _particles(6), _particles(6, seed=4)
-    ref = csd_gradient(s.to(dtype), x.to(dtype), repulsion=1.0).float()
-    gpu = csd_gradient(s.to("cuda", dtype), x.to("cuda", dtype), repulsion=1.0)
+    ref = csd_gradient(s.to(dtype), x.to(dtype), repulsion=1.0, normalization="count").float()
+    gpu = csd_gradient(s.to("cuda", dtype), x.to("cuda", dtype), repulsion=1.0, normalization="count")
     assert gpu.device.type == "cuda" and gpu.dtype == dtype
     assert torch.allclose(gpu.float().cpu(), ref, rtol=0.02, atol=0.02)
 
 
 def test_shape_mismatch_is_named():
     with pytest.raises(ValueError, match="scores: expected the same shape"):
-        csd_gradient(torch.zeros(3, 2), torch.zeros(3, 4), repulsion=1.0)
+        csd_gradient(torch.zeros(3, 2), torch.zeros(3, 4), repulsion=1.0, normalization="count")
     with pytest.raises(ValueError, match="bandwidth: expected a positive"):
-        csd_gradient(torch.zeros(3, 2), torch.zeros(3, 2), bandwidth=-1.0, repulsion=1.0)
+        csd_gradient(torch.zeros(3, 2), torch.zeros(3, 2), bandwidth=-1.0, repulsion=1.0, normalization="count")
 
 
-def test_svgd_recovers_gaussian():
-    """SVGD with the analytic score of a 2-D Gaussian moves 50 badly initialised particles onto it."""
+@pytest.mark.parametrize("normalization", ["count", "row"])
+def test_svgd_recovers_gaussian(normalization):
+    """SVGD with the analytic score of a 2-D Gaussian moves 50 badly initialised particles onto it. Both
+    normalisations divide each particle's sum by a positive number, so they share the fixed point."""
     mean = torch.tensor([1.0, -2.0])
     cov = torch.tensor([[1.0, 0.6], [0.6, 2.0]])
     precision = torch.linalg.inv(cov)
@@ -124,7 +130,7 @@ def test_svgd_recovers_gaussian():
     x = torch.randn(50, 2, generator=g) * 0.1 + torch.tensor([-6.0, 5.0])
     for step in range(3000):
         score = (x - mean) @ precision  # −∇ log p, the "noise" convention csd_gradient expects
-        x = x - 0.05 * csd_gradient(score, x, repulsion=1.0)
+        x = x - 0.05 * csd_gradient(score, x, repulsion=1.0, normalization=normalization)
     emp_mean = x.mean(0)
     emp_cov = torch.cov(x.T)
     assert torch.allclose(emp_mean, mean, atol=0.1), emp_mean
@@ -132,5 +138,5 @@ def test_svgd_recovers_gaussian():
     # Without repulsion the particles collapse onto the mode instead.
     y = torch.randn(50, 2, generator=g) * 0.1 + torch.tensor([-6.0, 5.0])
     for step in range(3000):
-        y = y - 0.05 * csd_gradient((y - mean) @ precision, y, repulsion=0.0)
+        y = y - 0.05 * csd_gradient((y - mean) @ precision, y, repulsion=0.0, normalization=normalization)
     assert torch.cov(y.T).trace() < 0.1 * cov.trace()

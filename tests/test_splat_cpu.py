@@ -372,20 +372,28 @@ def test_tiny_splat_fits_the_face_on_the_cpu_without_cuda(fitted):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("update", ["csd", "in2n"])
+@pytest.mark.parametrize("update", ["csd", "in2n", "joint"])
 def test_tiny_splat_edits_the_face(fitted, face64, tmp_path, update):
     """From the fitted checkpoint (--load-dir: edited at once), EDIT_STEPS steps of "recolor it" with the csd
-    update or IN2N's turn the renders' hue away from the photos' by HUE_SHIFT more than the fitted scene's, and
+    update, IN2N's, or the joint schedule (every view together, two rounds) turn the renders' hue away from the photos' by HUE_SHIFT more than the fitted scene's, and
     the Gaussians loaded from the checkpoint are the ones that train (nerfstudio builds the optimizers before it
     loads them; CSDSplatfactoModel.step_cb hands them the loaded ones)."""
-    config = _tiny(face64, tmp_path, EDIT_STEPS, load_dir=fitted.checkpoints, prompt="recolor it", update=update,
-                   edit_rate=EDIT_RATE)  # --load-dir: nerfstudio trains max-num-iterations more steps
+    schedule = {}
+    if update == "joint":  # csd-edit-fast's schedule: 2 rounds of every view, EDIT_STEPS / 2 fit steps each
+        base = csd_edit_splat_tiny.config.pipeline
+        schedule = dict(schedule="joint", joint=dataclasses.replace(base.joint, rounds=2, fit_steps=EDIT_STEPS // 2),
+                        edit=dataclasses.replace(base.edit, normalization="row"))
+    config = _tiny(face64, tmp_path, EDIT_STEPS, load_dir=fitted.checkpoints, prompt="recolor it",
+                   update="csd" if update == "joint" else update, edit_rate=EDIT_RATE,
+                   **schedule)  # --load-dir: nerfstudio trains max-num-iterations more steps
     trainer = _trainer(config)
     loaded = trainer.pipeline.model.means.detach().clone()
     torch.testing.assert_close(loaded, fitted.pipeline.model.means.detach())
     trainer.train()
     pipeline = trainer.pipeline
-    assert len(pipeline.edited_views) == EDIT_STEPS // EDIT_RATE
+    assert len(pipeline.edited_views) == (2 if update == "joint" else EDIT_STEPS // EDIT_RATE)
+    if update == "joint":
+        assert all(len(v) == len(pipeline.images) for v in pipeline.edited_views)
     views, photos = _renders(pipeline)
     before = edit_strength(fitted.views, photos, "recolor it")
     after = edit_strength(views, photos, "recolor it")

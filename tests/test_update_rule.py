@@ -49,15 +49,18 @@ def paper_update(guidance, target, source, emb_t, emb_s, noise, t, cfg):
     d2 = {(i, j): float(((z_tgt[i] - z_tgt[j]) ** 2).sum()) for i in range(n) for j in range(n)}
     off = sorted(d2[i, j] for i in range(n) for j in range(n) if i != j)
     h = torch.tensor(off).median().item() / math.log(n + 1)  # torch's median: the lower middle value
-    out = []
+    out, row_sums = [], []
     for i in range(n):
         g_i = torch.zeros_like(scores[0])
+        row_sums.append(sum(math.exp(-d2[j, i] / h) for j in range(n)))
         for j in range(n):
             k = math.exp(-d2[j, i] / h)
             grad_k = -(2.0 / h) * (z_tgt[j] - z_tgt[i]) * k  # ∇_{z_j} k(z_j, z_i)
             g_i += k * scores[j] - cfg.repulsion * grad_k
-        out.append(w * g_i / n)
-    return torch.stack(out)
+        out.append(w * g_i)
+    # the paper divides by N (count); ours by each row's kernel sum (row) or their mean (mean)
+    z = {"count": [n] * n, "row": row_sums, "mean": [sum(row_sums) / n] * n}[cfg.normalization]
+    return torch.stack([g / z_i for g, z_i in zip(out, z)])
 
 
 @pytest.mark.parametrize(
@@ -65,7 +68,9 @@ def paper_update(guidance, target, source, emb_t, emb_s, noise, t, cfg):
     [
         # small t: w(t) ≈ 0.03, where weighting only the scores (not the repulsion) is far off
         (40, StepConfig(repulsion=3.0, guidance_scale=5.0, image_guidance_scale=2.0)),
-        (450, StepConfig(repulsion=1.0)),
+        (450, StepConfig(repulsion=1.0, normalization="count")),
+        (450, StepConfig(repulsion=1.0, normalization="row")),
+        (450, StepConfig(repulsion=1.0, normalization="mean")),
         (40, StepConfig(coupling=False)),
     ],
 )
