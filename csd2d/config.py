@@ -51,7 +51,8 @@ C = TypeVar("C", bound="StepConfig")
 
 Normalization = typing.Literal["row", "mean", "count"]
 """How :func:`csd2d.kernel.csd_gradient` normalises particle i's kernel-weighted sums: by its kernel row sum
-``Σ_j k(z_j, z_i)`` (``row``) or by the particle count N (``count``, the paper's eq. 6)."""
+``Σ_j k(z_j, z_i)`` (``row``), by the mean of all particles' row sums (``mean``: the paper's relative weights,
+rescaled so the mean step keeps its size at any N) or by the particle count N (``count``, the paper's eq. 6)."""
 
 
 class ConfigError(ValueError):
@@ -110,7 +111,8 @@ class StepConfig:
     """Weight of the kernel-gradient (repulsive) term. Source: paper's SVGD update (weight 1)."""
     normalization: Normalization = "row"
     """What particle i's kernel-weighted sums are divided by: row (its kernel row sum Σ_j k(z_j, z_i), so the drive
-    is a kernel-weighted mean of the scores) or count (N, the paper's eq. 6 and the official code). Ours: with
+    is a kernel-weighted mean of the scores), mean (the mean row sum over particles) or count (N, the paper's eq. 6
+    and the official code). Ours: with
     count the step shrinks as N grows, because a row sum counts only the few look-alike particles; on the face
     scene's first 4, 8, 16, 30 views (embedded model) the mean row sum / N is 0.41, 0.23, 0.13, 0.07, and 20 steps
     of "recolor it" at lr 0.1 shift hue by 84°, 40°, 20°, 12° with count against 131°, 116°, 106°, 112° with row

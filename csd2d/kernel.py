@@ -115,11 +115,12 @@ def csd_gradient(
 
     with ``Z_i = N`` (``normalization="count"``: the paper's eq. 6 and the official code) or ``Z_i = Σ_j k(x_j, x_i)``,
     particle ``i``'s kernel row sum (``normalization="row"``: the drive is a kernel-weighted mean of the scores, so
-    the step keeps the size of one score at any ``N``; see :attr:`csd2d.config.StepConfig.normalization`).
+    the step keeps the size of one score at any ``N``; see :attr:`csd2d.config.StepConfig.normalization`), or
+    ``Z_i = mean_l Σ_j k(x_j, x_l)`` (``normalization="mean"``: the paper's relative weights, the mean step kept).
     ``s_j`` is particle ``j``'s score in "noise" convention (``ε̂ − ε`` for SDS, ``ε̂_target − ε̂_source`` for
     CSD-Edit, i.e. proportional to ``−∇ log p``). The update ``x ← x − lr · g`` moves particles toward high density
     while the kernel-gradient term pushes them apart. (The paper writes that term with the ascent sign; this is
-    the descent form of the official code.) With ``N = 1`` both forms equal ``scores``.
+    the descent form of the official code.) With ``N = 1`` every form equals ``scores``.
 
     The summed kernel gradient is evaluated without the ``[N, N, D]`` tensor:
     ``−Σ_j ∇_{x_j} k(x_j, x_i) = (2/h) (Σ_j k_ji x_j − x_i Σ_j k_ji)``.
@@ -129,7 +130,8 @@ def csd_gradient(
         particles: the points the kernel is evaluated on (for CSD-Edit, the noisy target latents).
         repulsion: weight of the kernel-gradient (repulsive) term; SVGD proper is 1 (the default of
             :attr:`csd2d.config.StepConfig.repulsion`).
-        normalization: ``"row"`` (divide by ``Σ_j k_ji``) or ``"count"`` (divide by ``N``); callers pass
+        normalization: ``"row"`` (divide by ``Σ_j k_ji``), ``"mean"`` (by the mean row sum) or ``"count"`` (by
+            ``N``); callers pass
             :attr:`csd2d.config.StepConfig.normalization`.
         bandwidth: fixed RBF bandwidth ``h``; ``None`` uses the median heuristic.
 
