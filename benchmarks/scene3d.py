@@ -147,6 +147,8 @@ def estimates(rows: Dict[str, dict]) -> Dict[str, float]:
         out["joint_rounds"], out["joint_fit_steps"] = joint.rounds, joint.fit_steps
         out["joint_views"] = rows["joint"]["views_edited"]
         out["joint_round_s"] = rows["joint"]["update_s"]
+        out["joint_round_render_s"] = rows["joint"].get("round_render_s", float("nan"))
+        out["joint_round_edit_s"] = rows["joint"].get("round_edit_s", float("nan"))
         out["joint_schedule_s"] = joint.rounds * (rows["joint"]["update_s"]
                                                   + joint.fit_steps * rows["no-edits"]["s_per_iteration"])
     if "csd" in rows and "csd-async" in rows:

@@ -72,7 +72,15 @@ def train_row(config) -> Dict[str, float]:
             "s_per_iteration": cost.pop("seconds") / config.max_num_iterations, "updates": len(pipe.edited_views),
             "views_edited": views, "update_s": pipe.update_seconds,
             "s_per_edited_view": pipe.update_seconds / views if views else float("nan"),
-            "batch": pipe.config.edit.batch, "edit_rate": pipe.config.edit_rate, **cost}
+            "batch": pipe.config.edit.batch, "edit_rate": pipe.config.edit_rate, **_round_stages(pipe), **cost}
+
+
+def _round_stages(pipe) -> Dict[str, float]:
+    """A joint schedule's stages summed over its rounds: the views' renders and the edit (CSD, VAE, write-back)."""
+    rounds = getattr(pipe, "round_seconds", [])
+    if not rounds:
+        return {}
+    return {"round_render_s": sum(r["render"] for r in rounds), "round_edit_s": sum(r["edit"] for r in rounds)}
 
 
 ARMS = {"no-edits": dict(pretrain_steps=10**9), "csd": dict(pretrain_steps=0, update="csd"),

@@ -23,7 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["JointConfig", "spread_views", "round_plan", "round_due", "JointProgress"]
+__all__ = ["JointConfig", "spread_views", "round_plan", "round_due", "JointProgress", "RoundStopped"]
+
+
+class RoundStopped(Exception):
+    """A joint round given up because the run was asked to stop (Ctrl-C): nothing of it is written back, and a
+    resumed run makes it again."""
 
 
 @dataclass
@@ -137,9 +142,14 @@ class JointProgress:
     """Seconds per CSD step of the last round that ran one (in this process), for the next round's first ETA."""
 
     def __init__(self, round_index: int, rounds: int, views: int, steps: int,
-                 say: Callable[[str], None], show: Callable[[str], None] = lambda text: None) -> None:
+                 say: Callable[[str], None], show: Callable[[str], None] = lambda text: None,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
         self.round, self.rounds, self.views, self.steps = round_index, rounds, views, steps
-        self.say, self.show = say, show
+        self.say, self.show, self.should_stop = say, show, should_stop
+        self.render_seconds: Optional[float] = None
+        """Wall seconds of the round's renders (set after the last one)."""
+        self.edit_seconds: Optional[float] = None
+        """Wall seconds of the joint edit after the renders: the CSD steps, the VAE and the write-back."""
         self.start = time.perf_counter()
         self._edit_start: Optional[float] = None
         self._said = (None, -1)
@@ -156,27 +166,35 @@ class JointProgress:
             self.lines.append(text)
             self.say(f"csd-edit: {text}")
 
+    def _check(self) -> None:
+        if self.should_stop():
+            raise RoundStopped(f"joint round {self.round + 1}/{self.rounds} stopped")
+
     def rendered(self, k: int) -> None:
-        """View ``k`` (1-based) of the round has been rendered."""
+        """View ``k`` (1-based) of the round has been rendered; raises :class:`RoundStopped` when asked to stop."""
         per_render = (time.perf_counter() - self.start) / k
         rate = type(self).step_seconds
         eta = None if rate is None else (self.views - k) * per_render + self.steps * rate
         self._report("render", f"rendering views {k}/{self.views}", k / self.views, eta)
         if k == self.views:
             self._edit_start = time.perf_counter()
+            self.render_seconds = self._edit_start - self.start
+        self._check()
 
     def stepped(self, step: int) -> None:
-        """CSD step ``step`` (0-based) has updated every view."""
+        """CSD step ``step`` (0-based) has updated every view; raises :class:`RoundStopped` when asked to stop."""
         if self._edit_start is None:
             self._edit_start = self.start
         rate = (time.perf_counter() - self._edit_start) / (step + 1)
         type(self).step_seconds = rate
         self._report("edit", f"editing views 1–{self.views}/{self.views} together, CSD step {step + 1}/{self.steps}",
                      (step + 1) / self.steps, (self.steps - step - 1) * rate)
+        self._check()
 
     def finished(self) -> float:
         """The round is written back; returns its wall seconds."""
         seconds = time.perf_counter() - self.start
+        self.edit_seconds = seconds - (self.render_seconds or 0.0)
         text = (f"joint round {self.round + 1}/{self.rounds}: {self.views} views edited together in "
                 f"{seconds:.1f} s")
         self.show(text)

@@ -42,7 +42,7 @@ from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerDropdown, Vi
 
 from .checks import SceneError
 from .data import TrainImages
-from .joint import JointConfig, JointProgress, round_due, round_plan, spread_views
+from .joint import JointConfig, JointProgress, RoundStopped, round_due, round_plan, spread_views
 from .updates import EditJob, csd_update, in2n_update
 from .views import neighbouring_views, random_crop, render_view, resize, select_views, view_camera
 
@@ -213,6 +213,11 @@ class CSDPipeline(VanillaPipeline):
         """Step of the latest update (the joint schedule's next round is ``joint.fit_steps`` after it)."""
         self.progress: Optional[JointProgress] = None
         """The joint round running now or last (its console lines are in ``progress.lines``)."""
+        self.round_seconds: List[Dict[str, float]] = []
+        """Each finished joint round's wall seconds: ``render`` (its views), ``edit`` (CSD, VAE, write-back)."""
+        self.stop_requested = False
+        """Set by the trainer on Ctrl-C / SIGTERM: a joint round in progress is given up (it runs again on
+        resume) instead of holding the stop for the rest of its minutes."""
         """First step at which updates run (pretraining before it; see :meth:`load_pipeline` after a load)."""
         self._announced = False
         self.finished = False
@@ -524,12 +529,19 @@ class CSDPipeline(VanillaPipeline):
         indices = spread_views(c2w, self.config.joint.views)
         steps = self.config.edit.steps if self.config.update == "csd" else self.config.in2n_ddim_steps
         self.progress = JointProgress(self.updates, self.config.joint.rounds, len(indices), steps,
-                                      say=CONSOLE.print, show=self._show_round)
-        job = self.make_job(self.updates, indices=indices, on_render=self.progress.rendered)
-        self.apply_job(job, self.run_job(job, on_step=self.progress.stepped))
+                                      say=CONSOLE.print, show=self._show_round,
+                                      should_stop=lambda: self.stop_requested)
+        try:
+            job = self.make_job(self.updates, indices=indices, on_render=self.progress.rendered)
+            edited = self.run_job(job, on_step=self.progress.stepped)
+        except RoundStopped as stopped:
+            CONSOLE.print(f"csd-edit: {stopped}; nothing of it is written, and a resumed run makes it again")
+            return
+        self.apply_job(job, edited)
         self.updates += 1
         self.last_update_step = step
         self.progress.finished()
+        self.round_seconds.append({"render": self.progress.render_seconds, "edit": self.progress.edit_seconds})
         if self.updates == self.config.joint.rounds:
             CONSOLE.print(f"csd-edit: joint edit done ({self.updates} round{'s' if self.updates > 1 else ''}); "
                           f"the scene fits the edits for {self.config.joint.fit_steps} steps")

@@ -121,6 +121,8 @@ class CSDTrainer(Trainer):
             _say(f"{self.prog()}: interrupted again; quitting now without saving")
             os._exit(128 + signum)
         self.stop_signal = signum
+        if getattr(self, "pipeline", None) is not None:
+            self.pipeline.stop_requested = True  # a joint round gives up instead of running on for minutes
         _say(f"{self.prog()}: stopping after this step; saving a checkpoint and the edited views "
              f"(again to quit at once)")
         if self.training_state == "paused":  # nerfstudio's loop only sleeps while paused

@@ -156,6 +156,8 @@ def test_gpu_script_cpu_dry_run(tmp_path):
     assert est["paper_schedule_s"] == pytest.approx(15000 * rows["no-edits"]["s_per_iteration"]
                                                     + 8 * rows["paper-update"]["update_s"])
     assert rows["joint"]["updates"] == 1 and rows["joint"]["views_edited"] == 6  # one round of every view
+    assert 0 < rows["joint"]["round_render_s"] and 0 < rows["joint"]["round_edit_s"]
+    assert rows["joint"]["round_render_s"] + rows["joint"]["round_edit_s"] <= rows["joint"]["update_s"] + 1e-6
     assert est["joint_schedule_s"] == pytest.approx(est["joint_rounds"] * (
         rows["joint"]["update_s"] + est["joint_fit_steps"] * rows["no-edits"]["s_per_iteration"]))
     assert est["async_speedup"] == pytest.approx(rows["csd"]["s_per_iteration"] / rows["csd-async"]["s_per_iteration"])

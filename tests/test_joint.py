@@ -238,3 +238,35 @@ def test_joint_arms_of_the_evaluation_share_the_editing_steps(scene, tmp_path):
     assert (pipe.schedule, pipe.joint.rounds, pipe.edit.normalization) == ("joint", FAST_ROUNDS, FAST_NORMALIZATION)
     assert csd_edit_fast.config.pipeline.joint.rounds == FAST_ROUNDS
     assert ("joint", "joint-independent") in PAIRS and ("joint", "in2n") in PAIRS
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_joint_round_gives_it_up_and_saves(scene, tmp_path, monkeypatch):
+    """A stop asked in the middle of a round's CSD steps (what Ctrl-C does: CSDTrainer._ask_stop) ends the round at
+    the next step instead of after all of them; nothing of it is written back, and the checkpoint says no round is
+    done, so a resumed run makes it again."""
+    import signal
+
+    stepped, steps_seen = JointProgress.stepped, []
+
+    def stop_at_step_1(self, step):
+        steps_seen.append(step)
+        if step == 1:
+            trainer._ask_stop(signal.SIGINT, None)
+        stepped(self, step)
+
+    monkeypatch.setattr(JointProgress, "stepped", stop_at_step_1)
+    cfg = joint_config(scene, tmp_path, iterations=2 + 3, rounds=1)
+    cfg.pipeline.edit.steps = 6
+    trainer = cfg.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    with pytest.raises(KeyboardInterrupt):  # in process; under ns-train it exits 130
+        trainer.train()
+    pipe = trainer.pipeline
+    assert steps_seen == [0, 1] and pipe.updates == 0 and pipe.edited_views == []
+    assert all(torch.equal(pipe.images.get(i), pipe.images.original(i)) for i in range(len(pipe.images)))
+    (ckpt,) = sorted(trainer.checkpoint_dir.glob("step-*.ckpt"))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["pipeline"]
+    import json
+
+    assert json.loads(bytes(state["_csd.meta"].tolist()).decode())["updates"] == 0
