@@ -56,7 +56,8 @@ gsplat builds: its CUDA kernels compile on first use)."""
 IMAGE = {"full": 512, "tiny": 32}
 """Scene image side per model: 512² (Stable Diffusion's size, the issue's) or 32² for the tiny model (16² latents,
 as in the tests)."""
-ARMS = ("no-edits", "csd", "in2n", "distill", "csd-async", "paper-update", "joint")
+ARMS = ("no-edits", "joint", "csd", "in2n", "distill", "csd-async", "paper-update")
+"""Run in this order; gpu.sh's time limit cuts the last ones first (joint, csd-edit-fast's schedule, comes early)."""
 
 
 def prepare(work: Path, model: str, views: int, seed: int = 0) -> Dict[str, Path]:

@@ -20,8 +20,8 @@ from PIL import Image
 from .config import PanoramaConfig, VideoConfig
 from .editor import CSDEditor
 from .compare import PANORAMA_METRICS, STRENGTH_TOLERANCE, VIDEO_METRICS, compare_panorama, compare_video, raw_key
-from .imaging import stack_images
-from .io import atomic_dir, refuse_existing, save_video
+from .io import atomic_dir, refuse_existing, save_image
+from .sheets import write_contact_sheet, write_side_by_side_gif
 from .tiny.edits import RANDOM_EDITS
 
 __all__ = ["DemoConfig", "demo_panorama", "demo_video", "report_markdown", "run_demo"]
@@ -129,15 +129,14 @@ def run_demo(editor: CSDEditor, output: Path, config: DemoConfig = DemoConfig(),
             entry, outs = compare_panorama(editor, pano, instruction, pano_cfg, progress, config.csd_lr_scale,
                                            config.match_strength)
             report["panorama"][instruction] = entry
-            stack_images([pano, outs["baseline"], outs["csd"]], ["input", "independent (baseline)", "CSD"],
-                   vertical=True).save(tmp / f"panorama_{slug}.png")
+            rows = {"input": [pano], "independent (baseline)": [outs["baseline"]], "CSD": [outs["csd"]]}
+            write_contact_sheet(tmp / f"panorama_{slug}.png", rows)
             entry, vids = compare_video(editor, frames, instruction, video_cfg, config.video_shift, progress,
                                         config.csd_lr_scale, config.match_strength)
             report["video"][instruction] = entry
-            sheets = [stack_images([a, b, c], ["input", "baseline", "CSD"], vertical=False)
-                      for a, b, c in zip(frames, vids["baseline"], vids["csd"])]
-            save_video(sheets, tmp / f"video_{slug}.gif", fps=8.0)
-            sheets[0].save(tmp / f"video_{slug}_first_frame.png")
+            columns = {"input": frames, "independent (baseline)": vids["baseline"], "CSD": vids["csd"]}
+            sheets = write_side_by_side_gif(tmp / f"video_{slug}.gif", columns, fps=8.0)
+            save_image(sheets[0], tmp / f"video_{slug}_first_frame.png")
         report["seconds"] = round(time.time() - start, 1)
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         (tmp / "report.md").write_text(report_markdown(report))

@@ -1,4 +1,5 @@
-"""Small conversions between PIL images, tensors and model-friendly sizes; the progress bar."""
+"""Small conversions between PIL images, tensors and model-friendly sizes; the progress bar (labelled pictures
+for people are :mod:`csd2d.sheets`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,10 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 __all__ = ["pil_to_tensor", "tensor_to_pil", "to_model_size", "from_model_size", "encode_pil", "decode_pil",
-           "progress_bar", "stack_images"]
-
-LABEL_BAND = 12
-"""Height in pixels of the white band that carries a label above each image of :func:`stack_images`."""
+           "progress_bar"]
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -78,19 +76,3 @@ def model_hw(height: int, width: int, multiple: int) -> Tuple[int, int]:
     """The nearest ``(height, width)`` whose sides are positive multiples of ``multiple`` (the VAE factor);
     the size rule of :func:`to_model_size`, for tensors."""
     return max(multiple, round(height / multiple) * multiple), max(multiple, round(width / multiple) * multiple)
-
-
-def stack_images(images: Sequence[Image.Image], labels: Optional[Sequence[str]], vertical: bool) -> Image.Image:
-    """Images of one size side by side (or one above the other), each under a white band holding its label;
-    ``labels=None`` stacks them without bands."""
-    w, h = images[0].size
-    band = 0 if labels is None else LABEL_BAND
-    n = len(images)
-    sheet = Image.new("RGB", (w, (h + band) * n) if vertical else (w * n, h + band), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, img in enumerate(images):
-        x, y = (0, i * (h + band)) if vertical else (i * w, 0)
-        if labels is not None:
-            draw.text((x + 2, y), labels[i], fill="black")
-        sheet.paste(img.convert("RGB"), (x, y + band))
-    return sheet

@@ -73,7 +73,7 @@ import torch
 import tyro
 from PIL import Image
 
-from csd2d.imaging import stack_images
+from csd2d import sheets
 from csd2d.io import write_text_atomic
 
 from .benchmark import peak_memory, train_measured
@@ -329,32 +329,20 @@ def _run(spec: Dict, log: Path, isolate: bool) -> Optional[str]:
     return None
 
 
-def _upscale(frame: np.ndarray, scale: int) -> Image.Image:
-    img = Image.fromarray(frame)
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+def write_gif(path: Path, columns: Dict[str, np.ndarray], fps: float = 1000 / 120) -> None:
+    """Side-by-side GIF of camera-path frames at ``fps`` (default 120 ms a frame), one labelled column per entry of
+    ``columns``, each view enlarged to at least 256 px (:mod:`csd2d.sheets`)."""
+    sheets.write_side_by_side_gif(path, {name: [Image.fromarray(f) for f in frames]
+                                         for name, frames in columns.items()}, fps=fps)
 
 
-def write_gif(path: Path, columns: Dict[str, np.ndarray], scale: int = 3) -> None:
-    """Side-by-side GIF of camera-path frames, one labelled column per entry of ``columns``."""
-    n = min(len(v) for v in columns.values())
-    names = list(columns)
-    frames = [stack_images([_upscale(columns[name][k], scale) for name in names], names, vertical=False)
-              for k in range(n)]
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.gif")
-    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=120, loop=0)
-    tmp.replace(path)
-
-
-def write_contact_sheet(path: Path, rows: Dict[str, np.ndarray], columns: int = 8, scale: int = 2) -> None:
-    """A PNG with one labelled row per entry of ``rows`` and ``columns`` training views spread over the scene."""
+def write_contact_sheet(path: Path, rows: Dict[str, np.ndarray], columns: int = 6) -> None:
+    """A PNG with one labelled row per entry of ``rows`` and ``columns`` training views spread over the scene,
+    each labelled with its view index and enlarged to at least 256 px (:mod:`csd2d.sheets`)."""
     n = min(len(v) for v in rows.values())
     pick = np.linspace(0, n - 1, min(columns, n)).round().astype(int)
-    strips = [stack_images([_upscale(images[i], scale) for i in pick], None, vertical=False)
-              for images in rows.values()]
-    sheet = stack_images(strips, list(rows), vertical=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.png")
-    sheet.save(tmp)
-    tmp.replace(path)
+    views = {name: [Image.fromarray(images[i]) for i in pick] for name, images in rows.items()}
+    sheets.write_contact_sheet(path, views, column_labels=[f"view {i}" for i in pick])
 
 
 def _mean(entries: List[Dict]) -> Dict[str, float]:

@@ -146,7 +146,7 @@ def test_gpu_script_cpu_dry_run(tmp_path):
     assert controls["offload text encoder + VAE"]["max_rel_grad_diff"] == 0
     scene = json.loads((tmp_path / "scene3d.json").read_text())
     rows = scene["rows"]
-    assert list(rows) == ["no-edits", "csd", "in2n", "distill", "csd-async", "paper-update", "joint"]
+    assert list(rows) == ["no-edits", "joint", "csd", "in2n", "distill", "csd-async", "paper-update"]
     assert all(r["s_per_iteration"] > 0 and r["peak_rss_mib"] > 0 for r in rows.values())
     assert rows["no-edits"]["views_edited"] == 0 and rows["csd"]["updates"] == 2  # 2 steps, one update each
     assert rows["csd"]["views_edited"] == 2 * rows["csd"]["batch"] and rows["in2n"]["views_edited"] == 2

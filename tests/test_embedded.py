@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from csd2d import EMBEDDED_MODEL, CSDEditor, IP2PGuidance
 from csd2d.demo import DemoConfig, demo_panorama, demo_video
 from csd2d.imaging import pil_to_tensor
+from csd2d.sheets import MIN_VIEW_SIDE, upscale_factor
 from csd2d.tiny.edits import edit_strength
 from csd2d.tiny import WEIGHTS_DIR
 from csd2d.tiny.edits import RANDOM_EDITS
@@ -141,8 +142,11 @@ def test_demo_cli_writes_report_and_media(tmp_path):
             assert entry["csd"]["edit_strength"] != entry["baseline"]["edit_strength"]  # two different runs
     pngs, gifs = sorted(out.glob("panorama_*.png")), sorted(out.glob("video_*.gif"))
     assert len(pngs) == 2 and len(gifs) == 2
-    with Image.open(pngs[0]) as sheet:
-        assert sheet.width == demo_panorama(DemoConfig().panorama_height).width
+    pano = demo_panorama(DemoConfig().panorama_height)
+    with Image.open(pngs[0]) as sheet:  # input, baseline and CSD rows, each enlarged to >= 256 px, labelled at left
+        assert sheet.height >= 3 * MIN_VIEW_SIDE and sheet.width > upscale_factor(pano.size) * pano.width
+    with Image.open(gifs[0]) as gif:  # input | baseline | CSD, each frame enlarged, under its label
+        assert gif.n_frames > 1 and gif.width >= 3 * MIN_VIEW_SIDE and gif.height > MIN_VIEW_SIDE
     assert main(["demo", "--output", str(out), "--steps", "3", "--no-progress"]) == 2  # exists: refuse
     fixed = tmp_path / "fixed"
     assert main(["demo", "--output", str(fixed), "--steps", "3", "--no-progress", "--no-match-strength"]) == 0

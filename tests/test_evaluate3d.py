@@ -13,6 +13,7 @@ from test_nerfstudio import sphere_scene  # noqa: F401 (fixture)
 
 from csd2d import IP2PGuidance
 from csd2d.metrics import affine_colour_map, apply_colour_map
+from csd2d.sheets import GUTTER, MIN_VIEW_SIDE
 from csd2d.tiny.edits import edit_strength, hue_rotate
 from csd_nerfstudio import evaluate
 from csd_nerfstudio.config import csd_edit_tiny
@@ -113,9 +114,10 @@ def test_evaluate_writes_report_pictures_and_survives_a_crashed_arm(sphere_scene
     assert metrics["peak_rss_mib"] > 100 and "edit_inconsistency" in metrics
     assert report["arms"]["csd"]["mean"]["fit_psnr"] == metrics["fit_psnr"]
     gif = Image.open(out / "path.gif")
-    assert gif.n_frames == 6 and gif.width == 2 * (gif.height - 12)  # original | csd side by side, labelled
+    view = (gif.width - GUTTER) // 2  # original | csd side by side, each enlarged, under its label
+    assert gif.n_frames == 6 and view >= MIN_VIEW_SIDE and gif.height > view
     sheet = Image.open(out / "contact_seed0.png")
-    assert sheet.height > 3 * 32  # photos, original scene and the arm
+    assert sheet.height >= 3 * MIN_VIEW_SIDE  # photos, original scene and the arm
     assert "| csd |" in (out / "report.md").read_text()
     assert not list(out.glob(".*tmp*"))
     # A report written in a temporary folder names the folder it is moved to (csd_nerfstudio.demo does this).
