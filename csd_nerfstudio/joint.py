@@ -40,8 +40,9 @@ class JointConfig:
     (:func:`spread_views`)."""
     rounds: int = 2
     """Joint edits. The first starts from the photos; each later one from the scene's renders (``carry``) at a
-    lower ``t_max``. Our measurement (see the README's "3D evidence"): a second round at half the noise made the
-    views agree more than one round with the same edit strength."""
+    lower ``t_max``. Our measurement (face at 64 px, 30 views, 200 steps in all, lr 0.05, one seed): one round
+    gave 80° of hue at edit inconsistency 0.0072 and a 25.7 dB fit, two rounds 106° at 0.0081 (less per degree)
+    and 31.1 dB."""
     fit_steps: int = 1500
     """Training steps after each round, on the edited views. The peers fit 1,000–1,500 steps after their edit
     (GaussCtrl, DGE); csd-edit-tiny measures its own."""
