@@ -77,10 +77,10 @@ def train_row(config) -> Dict[str, float]:
 
 def _round_stages(pipe) -> Dict[str, float]:
     """A joint schedule's stages summed over its rounds: the views' renders and the edit (CSD, VAE, write-back)."""
-    rounds = getattr(pipe, "round_seconds", [])
-    if not rounds:
+    if not pipe.round_seconds:
         return {}
-    return {"round_render_s": sum(r["render"] for r in rounds), "round_edit_s": sum(r["edit"] for r in rounds)}
+    return {"round_render_s": sum(r["render"] for r in pipe.round_seconds),
+            "round_edit_s": sum(r["edit"] for r in pipe.round_seconds)}
 
 
 ARMS = {"no-edits": dict(pretrain_steps=10**9), "csd": dict(pretrain_steps=0, update="csd"),

@@ -36,7 +36,8 @@ from .pipeline import CSDPipelineConfig
 from .trainer import CSDTrainerConfig
 
 __all__ = ["DerivedMethod", "csd_edit", "csd_edit_small", "csd_edit_splat", "csd_edit_tiny", "csd_edit_paper",
-           "csd_edit_splat_tiny", "csd_edit_fast", "csd_edit_tiny_fast", "EDIT_ITERATIONS", "DISTILL_PATCH", "METHODS", "method_config"]
+           "csd_edit_splat_tiny", "csd_edit_fast", "csd_edit_tiny_fast", "EDIT_ITERATIONS", "DISTILL_PATCH",
+           "METHODS", "method_config"]
 
 EDIT_ITERATIONS = 15000
 """Editing steps after pretraining (our choice for csd-edit; with --load-dir pass --max-num-iterations this)."""

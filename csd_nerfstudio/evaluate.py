@@ -82,16 +82,16 @@ from .config import FAST_NORMALIZATION, FAST_ROUNDS, METHODS, method_config
 
 __all__ = ["ARMS", "EvalArgs", "view_metrics", "run_eval"]
 
+_JOINT = {"update": "csd", "schedule": "joint", "joint.rounds": FAST_ROUNDS, "edit.normalization": FAST_NORMALIZATION}
+
 ARMS: Dict[str, Dict] = {
     "csd": {"update": "csd"},
     "in2n": {"update": "in2n"},
     "independent": {"update": "csd", "edit.coupling": False},
     "csd-random-views": {"update": "csd", "view_selection": "random"},
     "csd-carry-1": {"update": "csd", "carry": 1.0},
-    "joint": {"update": "csd", "schedule": "joint", "joint.rounds": FAST_ROUNDS,
-              "edit.normalization": FAST_NORMALIZATION},
-    "joint-independent": {"update": "csd", "schedule": "joint", "joint.rounds": FAST_ROUNDS,
-                          "edit.normalization": FAST_NORMALIZATION, "edit.coupling": False},
+    "joint": _JOINT,
+    "joint-independent": {**_JOINT, "edit.coupling": False},
 }
 """Arms: pipeline settings on top of the method's. ``independent`` is the csd update with the kernel off (the same
 views and UNet evaluations); ``csd-random-views`` draws the views at random as the paper's 3D schedule does;

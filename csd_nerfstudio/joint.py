@@ -52,7 +52,6 @@ class JointConfig:
     carry: float = 1.0
     """Start of each later round: ``z_photo + carry·(z_render − z_photo)``. 1 starts from the render, the scene's
     agreed edit, which the round refines at less noise (DGE's rounds start from the renders)."""
-
     max_batch: int = 24
     """UNet rows per call in a round when ``edit.max_batch`` is None (each view takes 6 rows: three-way guidance
     of the target and of the source), so that a round's memory does not grow with its views. Our measurement:
@@ -66,7 +65,8 @@ class JointConfig:
         for name in ("rounds", "fit_steps", "max_batch"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"--pipeline.joint.{name.replace('_', '-')}: expected a positive integer, got {value!r}")
+                raise ValueError(f"--pipeline.joint.{name.replace('_', '-')}: expected a positive integer, "
+                                 f"got {value!r}")
         if self.last_t_max is not None and not (isinstance(self.last_t_max, int) and self.last_t_max >= 0):
             raise ValueError(f"--pipeline.joint.last-t-max: expected a non-negative integer or None, got "
                              f"{self.last_t_max!r}")

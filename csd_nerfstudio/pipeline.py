@@ -209,6 +209,7 @@ class CSDPipeline(VanillaPipeline):
         self.updates = 0
         self.edited_views: List[List[int]] = []
         self.edit_start = config.pretrain_steps
+        """First step at which updates run (pretraining before it; see :meth:`load_pipeline` after a load)."""
         self.last_update_step: Optional[int] = None
         """Step of the latest update (the joint schedule's next round is ``joint.fit_steps`` after it)."""
         self.progress: Optional[JointProgress] = None
@@ -218,7 +219,8 @@ class CSDPipeline(VanillaPipeline):
         self.stop_requested = False
         """Set by the trainer on Ctrl-C / SIGTERM: a joint round in progress is given up (it runs again on
         resume) instead of holding the stop for the rest of its minutes."""
-        """First step at which updates run (pretraining before it; see :meth:`load_pipeline` after a load)."""
+        self._round_text = ""
+        """The joint round's latest progress line, shown at the end of the viewer's status line."""
         self._announced = False
         self.finished = False
         """Set by the trainer before its final checkpoint: the run did all its steps (saved in ``edit_state``)."""
@@ -272,8 +274,6 @@ class CSDPipeline(VanillaPipeline):
         if self._round_text:
             text += f" | {self._round_text}"
         return text
-
-    _round_text = ""
 
     def _show_round(self, text: str) -> None:
         self._round_text = text
