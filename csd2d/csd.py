@@ -43,6 +43,7 @@ from torch import Tensor
 
 from .config import EditConfig, StepConfig
 from .guidance import IP2PGuidance, sds_weight
+from .align import Warps, aligned_csd_gradient
 from .kernel import csd_gradient
 
 __all__ = ["StepResult", "csd_edit_step", "optimize_latents"]
@@ -69,6 +70,7 @@ def csd_edit_step(
     generator: Optional[torch.Generator] = None,
     noise: Optional[Tensor] = None,
     t: Optional[Tensor] = None,
+    warps: Optional[Warps] = None,
 ) -> StepResult:
     """One CSD-Edit step (Kim et al. 2023, eqs. 6 and 8): the gradient on the target latents.
 
@@ -87,6 +89,8 @@ def csd_edit_step(
         config: guidance scales, timestep range, coupling and kernel options (default :class:`StepConfig`).
         generator: random source for the timestep and the noise.
         noise / t: explicit noise and timestep (for tests and for reusing draws).
+        warps: where each particle's latent pixels lie in the others (:mod:`csd2d.align`); the kernel then mixes
+            aligned, masked scores (:func:`csd2d.align.aligned_csd_gradient`). None mixes them pixel for pixel.
     """
     config = StepConfig() if config is None else config
     res = guidance.edit_scores(
@@ -103,7 +107,10 @@ def csd_edit_step(
         t=t,
         max_batch=config.max_batch,
     )
-    if config.coupling:
+    if config.coupling and warps is not None:
+        mixed = aligned_csd_gradient(res.scores, res.noisy_targets, warps, bandwidth=config.bandwidth,
+                                     repulsion=config.repulsion, normalization=config.normalization)
+    elif config.coupling:
         mixed = csd_gradient(res.scores, res.noisy_targets, bandwidth=config.bandwidth, repulsion=config.repulsion,
                              normalization=config.normalization)
     else:
@@ -123,6 +130,7 @@ def optimize_latents(
     generator: Optional[torch.Generator] = None,
     anchors: int = 0,
     on_step: Optional[Callable[[int], None]] = None,
+    warps: Optional[Warps] = None,
 ) -> Tensor:
     """Run ``config.steps`` CSD-Edit steps of SGD on ``target`` in place: ``x ← x − lr(step) · g``.
 
@@ -132,11 +140,13 @@ def optimize_latents(
     Args:
         config: an :class:`csd2d.config.EditConfig` (steps, learning-rate schedule and the step's knobs).
         on_step: called with the step index after every update (progress bars, callbacks).
+        warps: the particles' warps for aligned mixing (:func:`csd_edit_step`); None mixes pixel for pixel.
     """
     if not 0 <= anchors < target.shape[0]:
         raise ValueError(f"anchors: expected 0 <= anchors < N = {target.shape[0]}, got {anchors}")
     for step in range(config.steps):
-        res = csd_edit_step(guidance, target, source, target_emb, source_emb, config, generator=generator)
+        res = csd_edit_step(guidance, target, source, target_emb, source_emb, config, generator=generator,
+                             warps=warps)
         target[anchors:] -= config.lr_at(step) * res.grad[anchors:].to(target.dtype)
         if on_step is not None:
             on_step(step)
