@@ -33,6 +33,8 @@ __all__ = [
     "VideoConfig",
     "MemoryConfig",
     "Normalization",
+    "PanoramaAlign",
+    "VideoAlign",
     "PRESET_DIR",
     "MIN_VAE_TILE",
     "load_preset",
@@ -53,6 +55,15 @@ Normalization = typing.Literal["row", "mean", "count"]
 """How :func:`csd2d.kernel.csd_gradient` normalises particle i's kernel-weighted sums: by its kernel row sum
 ``Σ_j k(z_j, z_i)`` (``row``), by the mean of all particles' row sums (``mean``: the paper's relative weights,
 rescaled so the mean step keeps its size at any N) or by the particle count N (``count``, the paper's eq. 6)."""
+
+
+PanoramaAlign = typing.Literal["none", "offsets"]
+"""How a panorama step's kernel mixes the windows' scores: pixel for pixel (``none``) or each window's score moved
+onto the others' pixels by the windows' known offsets, where they overlap (``offsets``; :mod:`csd2d.align`)."""
+
+VideoAlign = typing.Literal["none", "flow"]
+"""How a video chunk's kernel mixes the frames' scores: pixel for pixel (``none``) or each frame's score moved onto
+the others' pixels by optical flow between the source frames, where it is seen (``flow``; :mod:`csd2d.flow`)."""
 
 
 class ConfigError(ValueError):
@@ -208,11 +219,18 @@ class PanoramaConfig(EditConfig):
     """Region editing: width of the transition between neighbouring prompts, as a fraction of a band, in
     (0, 1]. Ours (the official region script uses hard masks)."""
 
+    align: PanoramaAlign = "none"
+    """How the kernel mixes the windows' scores (:data:`PanoramaAlign`): none (pixel for pixel, the paper's) or
+    offsets (each window's score moved onto the others' pixels by the known window offsets, where they overlap).
+    Ours: PANORAMA_ALIGN_NOTE"""
+
     def validate(self) -> None:
         super().validate()
         _require("window", self.window >= 1, "a positive window side in latents", self.window)
         _require("stride", 1 <= self.stride <= self.window, f"1 <= stride <= window ({self.window})", self.stride)
         _require("blend", 0 < self.blend <= 1, "a fraction in (0, 1]", self.blend)
+        _require("align", self.align in typing.get_args(PanoramaAlign),
+                 f"one of {list(typing.get_args(PanoramaAlign))}", self.align)
 
 
 @dataclass
@@ -236,9 +254,16 @@ class VideoConfig(EditConfig):
     overlap: int = 2
     """Frames shared by consecutive chunks; already edited ones anchor the next chunk through the kernel. Ours."""
 
+    align: VideoAlign = "none"
+    """How the kernel mixes the frames' scores (:data:`VideoAlign`): none (pixel for pixel, the paper's) or flow
+    (each frame's score moved onto the others' pixels by DIS optical flow between the source frames, masked where
+    the flow fails its forward–backward check or leaves the frame; :mod:`csd2d.flow`). Ours: VIDEO_ALIGN_NOTE"""
+
     def validate(self) -> None:
         super().validate()
         _require("overlap", 0 <= self.overlap < self.batch, f"0 <= overlap < batch ({self.batch})", self.overlap)
+        _require("align", self.align in typing.get_args(VideoAlign), f"one of {list(typing.get_args(VideoAlign))}",
+                 self.align)
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from PIL import Image
 
+from .align import OffsetWarps
 from .config import PanoramaConfig
 from .csd import csd_edit_step
 from .guidance import IP2PGuidance
@@ -44,7 +45,9 @@ def edit_panorama(
     the input's exact size); windows of ``config.window`` latents every ``config.stride`` cover the whole
     latent, a last window aligned to each edge. Each step picks ``config.batch`` random windows, noises the
     full latent once (overlapping windows share noise), computes the CSD-Edit gradient over those windows and
-    scatter-averages it back onto the full latent. An alpha channel is kept unchanged.
+    scatter-averages it back onto the full latent. An alpha channel is kept unchanged. With
+    ``config.align = "offsets"`` the kernel mixes each window's score where the others show the same canvas
+    pixels (:class:`csd2d.align.OffsetWarps`).
     """
     rgb, alpha = split_alpha(image)
     f = guidance.vae_scale_factor
@@ -79,6 +82,7 @@ def edit_panorama(
                 config,
                 generator=gen,
                 noise=crop_windows(noise, chosen, config.window),
+                warps=OffsetWarps(chosen, config.window) if config.align == "offsets" else None,
             )
             target -= config.lr_at(step) * scatter_average(res.grad.float(), chosen, target.shape)
             bar.update(1)

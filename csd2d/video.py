@@ -9,6 +9,7 @@ from PIL import Image
 
 from .config import VideoConfig
 from .csd import optimize_latents
+from .flow import flow_warps
 from .guidance import IP2PGuidance
 from .imaging import decode_pil, encode_pil, progress_bar
 from .io import InputError, check_same_size, split_alpha
@@ -56,6 +57,9 @@ def edit_video(
     after the other for ``config.steps`` steps each; the ``config.overlap`` frames a chunk shares with the
     previous one are already edited and stay fixed, but their noisy latents join the kernel, which pulls the
     new frames toward the edit already made. With a single frame this is plain delta score distillation.
+    With ``config.align = "flow"`` the kernel mixes scores aligned by optical flow between the source frames
+    (:mod:`csd2d.flow`), computed among a chunk's frames when it starts (``batch²`` flows and memory per chunk
+    rather than ``frames²``).
     """
     if len(frames) == 0:
         raise InputError("frames: expected at least one frame, got an empty list")
@@ -78,6 +82,10 @@ def edit_video(
                     callback(c * config.steps + step, total, target)
 
             chunk = target[start:end]
+            # a chunk mixes only its own frames: their pairs' warps, what Warps.subset would keep of all frames'
+            aligned = config.align == "flow" and config.coupling
+            warps = flow_warps(rgb[start:end], tuple(source.shape[-2:])) if aligned else None
             optimize_latents(guidance, chunk, source[start:end], emb.expand(n, -1, -1),
-                             src_emb.expand(n, -1, -1), config, generator=gen, anchors=anchors, on_step=on_step)
+                             src_emb.expand(n, -1, -1), config, generator=gen, anchors=anchors, on_step=on_step,
+                             warps=warps)
     return decode_pil(guidance, target, size, config, alphas)

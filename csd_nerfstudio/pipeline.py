@@ -36,6 +36,7 @@ from csd2d.config import MemoryConfig, Normalization
 from csd2d.imaging import model_hw
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.models.splatfacto import SplatfactoModel
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerDropdown, ViewerNumber, ViewerText
@@ -45,6 +46,7 @@ from .data import TrainImages
 from .joint import JointConfig, JointProgress, RoundStopped, round_due, round_plan, spread_views
 from .updates import EditJob, csd_update, in2n_update
 from .views import neighbouring_views, random_crop, render_view, resize, select_views, view_camera
+from .warps import DepthWarps, latent_intrinsics, pool_depth
 
 __all__ = ["SceneEditConfig", "CSDPipelineConfig", "CSDPipeline", "neighbouring_views", "TrainImages", "EditJob"]
 
@@ -73,6 +75,16 @@ class SceneEditConfig(EditConfig):
     learning rates and the README's 3D evidence were measured (N = 4, where the mean row sum / N is 0.41). The
     joint schedule's methods (csd-edit-fast, csd-edit-tiny-fast) set their own: there N is every view and 1/N
     would shrink the step tenfold (csd2d.config.StepConfig.normalization)."""
+    align: Literal["none", "depth"] = "none"
+    """Aligned CSD (csd2d.align): depth warps a view's score onto the other views' pixels that show the same
+    surface (rendered depth, cameras, an occlusion test; csd_nerfstudio.warps) before the kernel mixes them; none
+    mixes pixel for pixel (the paper). For the csd update (iterative or joint) and distill mode. Ours: none until
+    the matched-strength evaluation (python -m csd_nerfstudio.evaluate --arms csd csd-aligned ...) supports depth."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.align not in ("none", "depth"):
+            raise ConfigError("align", f"expected one of ['none', 'depth'], got {self.align!r}")
 
     def __post_init__(self) -> None:
         try:
@@ -185,6 +197,9 @@ class CSDPipelineConfig(VanillaPipelineConfig):
                              f"with it, got {self.mode!r}")
         if self.update == "in2n" and self.mode != "dataset":
             raise ValueError(f"update: in2n is a dataset update; expected mode 'dataset' with it, got {self.mode!r}")
+        if self.edit.align != "none" and self.update == "in2n" and self.mode == "dataset":
+            raise ValueError(f"--pipeline.edit.align: aligns CSD's kernel, which the in2n update does not use; expected "
+                             f"'none' with update in2n, got {self.edit.align!r}")
 
 
 def _as_flag(prefix: str, message: str) -> str:
@@ -228,6 +243,8 @@ class CSDPipeline(VanillaPipeline):
         if test_mode != "val":  # ns-render / ns-viewer / eval: the scene only, no diffusion model
             return
         self.images = TrainImages(self.datamanager)
+        if config.edit.align == "depth" and config.mode == "distill" and isinstance(self.model, SplatfactoModel):
+            self.model.config.output_depth_during_training = True  # distill's renders carry the depth it warps by
         if (config.update == "csd" and config.schedule == "iterative") or config.mode == "distill":
             if config.edit.batch > len(self.images):
                 CONSOLE.print(f"[bold yellow]--pipeline.edit.batch {config.edit.batch} is more than the scene's "
@@ -475,26 +492,56 @@ class CSDPipeline(VanillaPipeline):
         """Original photo ``index`` resized to ``size``: ``[1, 3, h, w]``."""
         return resize(self.images.original(index).permute(2, 0, 1)[None].to(device), size)
 
+    def _latent_hw(self, size: Tuple[int, int]) -> Tuple[int, int]:
+        f = self.guidance.vae_scale_factor
+        return size[0] // f, size[1] // f
+
+    def _view_geometry(self, cameras: List[Cameras], depths: List[Tensor], sizes: List[Tuple[int, int]],
+                       indices: List[int], crops: Optional[List] = None) -> DepthWarps:
+        """Depth warps among rendered views (csd_nerfstudio.warps): each view's depth pooled onto its latent grid
+        and its intrinsics rescaled to it (shifted first to its crop, if any)."""
+        pooled, intrinsics = [], []
+        for k, (camera, depth, size) in enumerate(zip(cameras, depths, sizes)):
+            latent_hw = self._latent_hw(size)
+            top, left = (0, 0) if crops is None or crops[k] is None else crops[k][:2]
+            pooled.append(pool_depth(depth[None].cpu(), latent_hw)[0])
+            intrinsics.append(latent_intrinsics(camera.fx, camera.fy, float(camera.cx) - left,
+                                                float(camera.cy) - top, depth.shape[1], depth.shape[0], latent_hw))
+        c2w = self.datamanager.train_dataset.cameras.camera_to_worlds[indices].float().cpu()
+        kind = "z" if isinstance(self.model, SplatfactoModel) else "ray"
+        return DepthWarps(torch.stack(pooled), torch.stack(intrinsics), c2w, kind)
+
     @torch.no_grad()
     def make_job(self, update: int, indices: Optional[List[int]] = None,
                  on_render: Optional[Callable[[int], None]] = None) -> EditJob:
         """Render the views of update ``update`` (:meth:`select_views`, or ``indices``) on the scene's device
-        without gradients; ``on_render(k)`` after the k-th."""
+        without gradients; ``on_render(k)`` after the k-th. With ``edit.align depth`` their depth too, and the job
+        carries the views' depth warps."""
         indices = self.select_views(update) if indices is None else indices
-        renders, originals, sizes = [], [], []
+        renders, originals, sizes, cameras, depths = [], [], [], [], []
+        align = self.config.edit.align == "depth" and self.config.update == "csd"
         self.model.eval()
         try:
             for k, i in enumerate(indices, 1):
                 camera = self._camera(i)
                 size = self._edit_size(camera)
-                renders.append(resize(render_view(self.model, camera, i, chunk=self.config.render_chunk)[None], size))
+                out = render_view(self.model, camera, i, chunk=self.config.render_chunk, with_depth=align)
+                rgb = out[0] if align else out
+                if align:
+                    cameras.append(camera)
+                    depths.append(out[1])
+                renders.append(resize(rgb[None], size))
                 originals.append(self._original(i, size, renders[-1].device))
                 sizes.append(tuple(self.images.originals[i].shape[:2]))
                 if on_render is not None:
                     on_render(k)
         finally:
             self.model.train()
-        return EditJob(update, indices, torch.cat(renders).cpu(), torch.cat(originals).cpu(), sizes)
+        warps = None
+        if align:
+            edit_size = tuple(renders[0].shape[-2:])
+            warps = self._view_geometry(cameras, depths, [edit_size] * len(indices), indices)
+        return EditJob(update, indices, torch.cat(renders).cpu(), torch.cat(originals).cpu(), sizes, warps=warps)
 
     def run_job(self, job: EditJob, on_step: Optional[Callable[[int], None]] = None) -> Tensor:
         """Edit the job's renders (the configured update); returns edited images ``[N, 3, h, w]`` in [0, 1] (CPU).
@@ -573,6 +620,8 @@ class CSDPipeline(VanillaPipeline):
         gen = self._generator(update)
         n = len(indices)
         renders, originals = [], []
+        align = self.config.edit.align == "depth"
+        cameras, depths, crops = [], [], []
         for i in indices:
             camera = self._camera(i)
             size = self._edit_size(camera)
@@ -580,7 +629,12 @@ class CSDPipeline(VanillaPipeline):
             if self.config.patch_size is not None:
                 crop = random_crop(int(camera.height), int(camera.width), self.config.patch_size,
                                    g.vae_scale_factor, gen)
-            rgb = render_view(self.model, camera, i, grad=True, crop=crop)
+            out = render_view(self.model, camera, i, grad=True, crop=crop, with_depth=align)
+            rgb = out[0] if align else out
+            if align:
+                cameras.append(camera)
+                depths.append(out[1])
+                crops.append(crop)
             if crop is None:
                 renders.append(resize(rgb[None], size))
                 originals.append(self._original(i, size, rgb.device))
@@ -592,7 +646,10 @@ class CSDPipeline(VanillaPipeline):
         latents = g.encode_images(torch.cat(renders).to(g.device), requires_grad=True).float()
         source = g.encode_images(torch.cat(originals).to(g.device)).float()
         n_emb = (self.text_emb.float().expand(n, -1, -1), self.source_emb.float().expand(n, -1, -1))
-        step = csd_edit_step(g, latents.detach(), source, *n_emb, self.config.edit, generator=gen)
+        warps = None
+        if align:
+            warps = self._view_geometry(cameras, depths, [tuple(r.shape[-2:]) for r in renders], indices, crops)
+        step = csd_edit_step(g, latents.detach(), source, *n_emb, self.config.edit, generator=gen, warps=warps)
         target = (latents - step.grad.float()).detach()
         self.edited_views.append(indices)
         loss = 0.5 * F.mse_loss(latents, target, reduction="sum") / n

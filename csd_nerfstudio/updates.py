@@ -11,12 +11,13 @@ Both score with :class:`csd2d.IP2PGuidance` (one three-way guidance formula).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from csd2d import EditConfig, IP2PGuidance, optimize_latents
+from csd2d.align import Warps
 from csd2d.ddim import ddim_edit
 
 __all__ = ["EditJob", "csd_update", "in2n_update", "in2n_timestep"]
@@ -31,6 +32,7 @@ class EditJob:
     renders: Tensor  # [N, 3, h, w] in [0, 1]
     originals: Tensor  # [N, 3, h, w] in [0, 1]
     sizes: List[Tuple[int, int]]  # full (H, W) of each training image
+    warps: Optional[Warps] = None  # the views' depth warps (edit.align depth, csd_nerfstudio.warps), for csd
 
 
 def _latents(g: IP2PGuidance, job: EditJob, cfg: EditConfig) -> Tuple[Tensor, Tensor]:
@@ -53,13 +55,14 @@ def csd_update(g: IP2PGuidance, job: EditJob, cfg: EditConfig, text_emb: Tensor,
 
     The latents start at ``z_photo + carry·(z_render − z_photo)`` (a share of the scene's current edit) and take
     ``cfg.steps`` SGD steps. With ``carry < 1`` repeated updates settle instead of adding up. ``on_step(s)`` is
-    called after each step (progress)."""
+    called after each step (progress). With ``job.warps`` the kernel mixes aligned scores (csd2d.align)."""
     n = len(job.indices)
     source, render = _latents(g, job, cfg)
     target = torch.lerp(source, render, carry)
     with torch.no_grad():
         optimize_latents(g, target, source, text_emb.float().expand(n, -1, -1),
-                         source_emb.float().expand(n, -1, -1), cfg, generator=generator, on_step=on_step)
+                         source_emb.float().expand(n, -1, -1), cfg, generator=generator, on_step=on_step,
+                         warps=job.warps)
     return _decode(g, target, cfg)
 
 

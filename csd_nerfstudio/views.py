@@ -60,35 +60,50 @@ def random_crop(height: int, width: int, size: int, multiple: int, generator: to
 
 
 def render_view(model, camera: Cameras, index: int, *, grad: bool = False,
-                crop: Optional[Crop] = None, chunk: Optional[int] = None) -> Float[Tensor, "3 h w"]:
+                crop: Optional[Crop] = None, chunk: Optional[int] = None, with_depth: bool = False):
     """Render training view ``index`` through ``camera`` (its possibly downscaled copy), with the view's own
     appearance embedding; ``crop`` renders only that window (ray-based models trace only its rays).
     ``grad=False`` renders without a graph in chunks of ``chunk`` rays (None: the model's own
-    ``eval_num_rays_per_chunk``, nerfstudio's eval path)."""
+    ``eval_num_rays_per_chunk``, nerfstudio's eval path).
+
+    Returns the colour ``[3, h, w]``, or with ``with_depth`` the pair ``(colour, depth [h, w])``: the model's own
+    ``depth`` output, detached (distance along the unit ray for nerfacto, camera-space z for splatfacto; see
+    :mod:`csd_nerfstudio.warps`)."""
+    keys = ("rgb", "depth") if with_depth else ("rgb",)
     if isinstance(model, SplatfactoModel):  # rasterises whole cameras
         with torch.set_grad_enabled(grad):
-            rgb = model.get_outputs(camera)["rgb"]
-        rgb = rgb.reshape(int(camera.height), int(camera.width), 3)
+            out = model.get_outputs(camera)
+        if with_depth and out.get("depth") is None:
+            raise ValueError("with_depth: splatfacto outputs depth only in eval mode or with "
+                             "output_depth_during_training; got none")
+        maps = [out[k].reshape(int(camera.height), int(camera.width), -1) for k in keys]
         if crop is not None:
             top, left, h, w = crop
-            rgb = rgb[top : top + h, left : left + w]
-        return rgb.permute(2, 0, 1)
-    rays = camera.generate_rays(camera_indices=0, keep_shape=True)
-    rays.camera_indices = torch.full_like(rays.camera_indices, index)
-    if crop is not None:
-        top, left, h, w = crop
-        rays = rays[top : top + h, left : left + w]
-    h, w = rays.shape
-    if grad:
-        rgb = model(rays.flatten())["rgb"]
-    elif chunk is None:
-        with torch.no_grad():
-            rgb = model.get_outputs_for_camera_ray_bundle(rays)["rgb"]
+            maps = [m[top : top + h, left : left + w] for m in maps]
     else:
-        flat = rays.flatten()
-        with torch.no_grad():
-            rgb = torch.cat([model(flat[i : i + chunk])["rgb"] for i in range(0, len(flat), chunk)])
-    return rgb.reshape(h, w, 3).permute(2, 0, 1)
+        rays = camera.generate_rays(camera_indices=0, keep_shape=True)
+        rays.camera_indices = torch.full_like(rays.camera_indices, index)
+        if crop is not None:
+            top, left, h, w = crop
+            rays = rays[top : top + h, left : left + w]
+        h, w = rays.shape
+        if grad:
+            out = model(rays.flatten())
+            maps = [out[k] for k in keys]
+        elif chunk is None:
+            with torch.no_grad():
+                out = model.get_outputs_for_camera_ray_bundle(rays)
+            maps = [out[k] for k in keys]
+        else:
+            flat = rays.flatten()
+            with torch.no_grad():
+                outs = [model(flat[i : i + chunk]) for i in range(0, len(flat), chunk)]
+            maps = [torch.cat([o[k] for o in outs]) for k in keys]
+        maps = [m.reshape(h, w, -1) for m in maps]
+    rgb = maps[0].permute(2, 0, 1)
+    if not with_depth:
+        return rgb
+    return rgb, maps[1][..., 0].detach()
 
 
 def resize(images: Tensor, size: Tuple[int, int]) -> Tensor:

@@ -1,0 +1,64 @@
+"""Aligned CSD in the scene pipeline (--pipeline.edit.align depth): the job carries the views' depth warps, the
+csd update mixes through them, distill mode warps its renders too, and the flag is refused where it does nothing."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from test_nerfstudio import fast_config, make_pipeline, sphere_scene  # noqa: F401 (fixtures)
+
+from csd2d.align import IdentityWarps
+from csd_nerfstudio.pipeline import CSDPipelineConfig
+from csd_nerfstudio.warps import DepthWarps
+
+
+def test_depth_aligned_update_mixes_through_the_views_warps(sphere_scene, tiny_model_dir, tmp_path):
+    pipe = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, edit={"align": "depth"}))
+    job = pipe.make_job(0)
+    assert isinstance(job.warps, DepthWarps) and job.warps.n == len(job.indices) == 3
+    f = pipe.guidance.vae_scale_factor
+    assert tuple(job.warps.depth.shape[1:]) == (job.renders.shape[2] // f, job.renders.shape[3] // f)
+    assert job.warps.depth.gt(0).all() and job.warps.kind == "ray"  # nerfacto's depth: along the unit ray
+    c2w = pipe.datamanager.train_dataset.cameras.camera_to_worlds[job.indices]
+    torch.testing.assert_close(job.warps.c2w, c2w.float())
+    aligned = pipe.run_job(job)
+    plain = pipe.run_job(dataclasses.replace(job, warps=None))
+    identity = pipe.run_job(dataclasses.replace(job, warps=IdentityWarps(3, *job.warps.depth.shape[1:])))
+    assert (aligned - plain).abs().max() > 1e-3  # the warps change what the kernel mixes
+    torch.testing.assert_close(identity, plain, atol=1e-4, rtol=0)  # identity warps are plain CSD
+
+
+def test_plain_pipeline_renders_no_depth(sphere_scene, tiny_model_dir, tmp_path):
+    pipe = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path))
+    assert pipe.make_job(0).warps is None
+
+
+@pytest.mark.parametrize("patch", [None, 8])
+def test_distill_mode_warps_its_renders(sphere_scene, tiny_model_dir, tmp_path, monkeypatch, patch):
+    import csd_nerfstudio.pipeline as pipeline_module
+
+    seen = []
+    real = pipeline_module.csd_edit_step
+
+    def spy(*args, warps=None, **kwargs):
+        seen.append(warps)
+        return real(*args, warps=warps, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "csd_edit_step", spy)
+    pipe = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, mode="distill", patch_size=patch,
+                                     edit={"align": "depth", "batch": 2}))
+    _, losses, _ = pipe.get_train_loss_dict(step=0)
+    losses["csd_loss"].backward()
+    (warps,) = seen
+    assert isinstance(warps, DepthWarps) and warps.n == 2
+    if patch is not None:
+        assert tuple(warps.depth.shape[1:]) == (patch // pipe.guidance.vae_scale_factor,) * 2
+    assert sum(float(p.grad.abs().sum()) for p in pipe.model.field.parameters() if p.grad is not None) > 0
+
+
+def test_align_is_refused_where_it_does_nothing():
+    with pytest.raises(ValueError, match=r"^--pipeline.edit.align: aligns CSD's kernel, which the in2n update"):
+        CSDPipelineConfig(update="in2n", edit=dataclasses.replace(CSDPipelineConfig().edit, align="depth"))
+    with pytest.raises(ValueError, match=r"--pipeline.edit.align: expected one of \['none', 'depth'\], got 'flow'"):
+        dataclasses.replace(CSDPipelineConfig().edit, align="flow")
