@@ -4,7 +4,9 @@ For each N the real step (:func:`csd2d.csd.csd_edit_step`) is timed twice: plain
 timers wrapped around ``unet.forward``, ``csd2d.csd.csd_gradient`` (kernel + mixing) and the VAE's
 ``encode``/``decode`` (the split). The floor replays the step's UNet calls — ``6 N`` rows (target and source
 × three guidance branches) in chunks of ``max_batch`` — on prepared inputs.
-``overhead = step / floor`` (goal ≤ 1.03 at N = 16 on a GPU, issue 12).
+``overhead = step / floor`` (goal ≤ 1.03 at N = 16 on a GPU, issue 12). The aligned row times the same step with
+the kernel mixing warped scores (:mod:`csd2d.align`; every pair a sub-pixel shift, so every pair resamples):
+``align cost = (aligned step − step) / UNet alone`` (goal ≤ 0.10 at N = 16 on a GPU, issue 23).
 
     python -m benchmarks.step --model full --device cuda --dtype float16 --json OUT/step.json
     python -m benchmarks.step --model tiny --device cpu --ns 1 2 4 --repeats 1
@@ -19,6 +21,7 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 
 import csd2d.csd as csd_module
+from csd2d.align import GridWarps, pixel_grid, to_sample_grid
 from csd2d.csd import StepConfig, csd_edit_step
 from csd2d.guidance import IP2PGuidance
 
@@ -40,10 +43,20 @@ def make_inputs(guidance: IP2PGuidance, n: int, image: int, seed: int = 0):
     return target, source, emb_t, emb_s
 
 
-def step_fn(guidance, inputs, config: StepConfig, seed: int = 0):
+def shifted_warps(n: int, side: int, seed: int = 0) -> GridWarps:
+    """Warps among ``n`` particles of ``side²`` latents where pair (i, j) is a random sub-pixel shift of up to 4
+    latents, masked where it leaves the grid: the aligned step's resampling at its full cost."""
+    g = torch.Generator().manual_seed(seed)
+    shift = (torch.rand(n, n, 1, 1, 2, generator=g) - 0.5) * 8
+    coords = pixel_grid(side, side)[None, None] + shift
+    mask = ((coords >= 0) & (coords < side)).all(-1).float()
+    return GridWarps(to_sample_grid(coords, side, side), mask)
+
+
+def step_fn(guidance, inputs, config: StepConfig, seed: int = 0, warps=None):
     def run():
         gen = torch.Generator().manual_seed(seed)
-        return csd_edit_step(guidance, *inputs, config, generator=gen)
+        return csd_edit_step(guidance, *inputs, config, generator=gen, warps=warps)
 
     return run
 
@@ -86,6 +99,7 @@ def bench_n(guidance: IP2PGuidance, n: int, image: int, repeats: int, max_batch:
     side = image // guidance.vae_scale_factor
     step = median_time(step_fn(guidance, inputs, config), guidance.device, repeats)
     floor = median_time(unet_floor_fn(guidance, n, side, max_batch), guidance.device, repeats)
+    aligned = median_time(step_fn(guidance, inputs, config, warps=shifted_warps(n, side)), guidance.device, repeats)
     timer = Timer(guidance.device)
     run = step_fn(guidance, inputs, config)
     with instrumented(guidance, timer):
@@ -100,6 +114,8 @@ def bench_n(guidance: IP2PGuidance, n: int, image: int, repeats: int, max_batch:
         step_s=step,
         unet_alone_s=floor,
         overhead=step / floor,
+        aligned_step_s=aligned,
+        align_cost=(aligned - step) / floor,
         split_unet_s=split.get("unet", 0.0),
         split_kernel_s=split.get("kernel", 0.0),
         split_vae_s=split.get("vae", 0.0),
@@ -130,12 +146,13 @@ def run(model: str, device: str, dtype: str, ns: Sequence[int], repeats: int, ma
 
 def print_table(result: dict) -> None:
     print(f"CSD-Edit step, model={result['model']} {result['image']}px {result['device']} {result['dtype']}")
-    print(f"{'N':>3} {'step ms':>9} {'UNet alone':>10} {'overhead':>8} | {'unet':>8} {'kernel':>8} {'vae':>6} {'rest':>8}")
+    print(f"{'N':>3} {'step ms':>9} {'UNet alone':>10} {'overhead':>8} | {'unet':>8} {'kernel':>8} {'vae':>6} "
+          f"{'rest':>8} | {'aligned ms':>10} {'align cost':>10}")
     for r in result["rows"]:
         print(
             f"{r['n']:>3} {1e3 * r['step_s']:>9.1f} {1e3 * r['unet_alone_s']:>10.1f} {r['overhead']:>8.3f} | "
             f"{1e3 * r['split_unet_s']:>8.1f} {1e3 * r['split_kernel_s']:>8.2f} {1e3 * r['split_vae_s']:>6.1f} "
-            f"{1e3 * r['split_rest_s']:>8.2f}"
+            f"{1e3 * r['split_rest_s']:>8.2f} | {1e3 * r['aligned_step_s']:>10.1f} {r['align_cost']:>10.3f}"
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from PIL import Image
@@ -73,14 +73,16 @@ def match_learning_rate(run: Callable[[float], Tuple[float, object]], target: fl
 
 def _compare(edit: Callable[[object], object], as_tensor: Callable[[object], torch.Tensor], source: torch.Tensor,
              reference: torch.Tensor, metrics: Dict[str, Callable], instruction: str, config, csd_lr_scale: float,
-             match_strength: bool) -> Tuple[Dict, Dict]:
+             match_strength: bool, arms: Optional[Dict[str, Dict[str, Any]]] = None) -> Tuple[Dict, Dict]:
     """Run the independent baseline (``coupling=False``) and CSD (same seed) through ``edit(config)`` and measure
     both: every inconsistency metric ``metrics[name](edited, reference)`` against the codec ``reference``, and as
     ``<name>_raw`` against ``source``; edit strength against ``source``. ``entry["codec_floor"]`` holds the
     metrics of the reference itself (an edit that changes nothing) against ``source``.
 
     CSD's learning rate is ``csd_lr_scale`` × the baseline's, adjusted by :func:`match_learning_rate` when
-    ``match_strength``."""
+    ``match_strength``. ``arms`` names further CSD arms by the settings they change (``{"csd_aligned": {"align":
+    "flow"}}``); each is run and matched the same way, starting from CSD's scale, and kept as ``entry[name]`` with
+    ``entry["arms"][name]`` holding its scale, runs, matching and ratios over the baseline and over CSD."""
 
     def run(arm):
         t0 = time.time()
@@ -95,24 +97,35 @@ def _compare(edit: Callable[[object], object], as_tensor: Callable[[object], tor
     entry: Dict = {"codec_floor": {name: fn(reference, source) for name, fn in metrics.items()}}
     outs: Dict = {}
     entry["baseline"], outs["baseline"] = run(dataclasses.replace(config, coupling=False))
+    target = entry["baseline"]["edit_strength"]
 
-    def run_csd(scale: float):
-        values, out = run(dataclasses.replace(config, coupling=True, lr=config.lr * scale))
-        return values["edit_strength"], (values, out)
+    def run_matched(settings: Dict[str, Any], start: float):
+        def run_csd(scale: float):
+            values, out = run(dataclasses.replace(config, coupling=True, lr=config.lr * scale, **settings))
+            return values["edit_strength"], (values, out)
 
-    if match_strength:
-        scale, _, (values, out), runs = match_learning_rate(run_csd, entry["baseline"]["edit_strength"],
-                                                            csd_lr_scale)
-    else:
-        scale, runs = csd_lr_scale, 1
-        _, (values, out) = run_csd(scale)
-    entry["csd"], outs["csd"] = values, out
+        if match_strength:
+            scale, _, (values, out), runs = match_learning_rate(run_csd, target, start)
+        else:
+            scale, runs = start, 1
+            _, (values, out) = run_csd(scale)
+        matched = _strength_error(values["edit_strength"], target) <= STRENGTH_TOLERANCE
+        return values, out, {"lr_scale": round(scale, 4), "runs": runs, "matched_strength": matched}
+
+    entry["csd"], outs["csd"], info = run_matched({}, csd_lr_scale)
+    start = info["lr_scale"] if match_strength else csd_lr_scale
     keys = tuple(metrics)
-    entry["ratio_csd_over_baseline"] = _ratios(entry, keys + tuple(raw_key(k) for k in keys) + ("edit_strength",))
-    entry["csd_lr_scale"] = round(scale, 4)
-    entry["csd_runs"] = runs
-    entry["matched_strength"] = (_strength_error(values["edit_strength"], entry["baseline"]["edit_strength"])
-                                 <= STRENGTH_TOLERANCE)
+    ratio_keys = keys + tuple(raw_key(k) for k in keys) + ("edit_strength",)
+    entry["ratio_csd_over_baseline"] = _ratios(entry["csd"], entry["baseline"], ratio_keys)
+    entry["csd_lr_scale"], entry["csd_runs"], entry["matched_strength"] = (
+        info["lr_scale"], info["runs"], info["matched_strength"])
+    if arms:
+        entry["arms"] = {}
+        for name, settings in arms.items():
+            entry[name], outs[name], info = run_matched(settings, start)
+            info["ratio_over_baseline"] = _ratios(entry[name], entry["baseline"], ratio_keys)
+            info["ratio_over_csd"] = _ratios(entry[name], entry["csd"], ratio_keys)
+            entry["arms"][name] = info
     return entry, outs
 
 
@@ -122,8 +135,8 @@ def raw_key(metric: str) -> str:
 
 
 def compare_panorama(editor: CSDEditor, image: Image.Image, instruction: str, config: PanoramaConfig,
-                     progress: bool = False, csd_lr_scale: float = 1.0,
-                     match_strength: bool = False) -> Tuple[Dict, Dict[str, Image.Image]]:
+                     progress: bool = False, csd_lr_scale: float = 1.0, match_strength: bool = False,
+                     arms: Optional[Dict[str, Dict[str, Any]]] = None) -> Tuple[Dict, Dict[str, Image.Image]]:
     """Edit ``image`` with the independent baseline and with CSD (same seed); return metrics and outputs.
 
     Inconsistency metrics compare the output with :meth:`CSDEditor.reconstruct` of the input (what an edit
@@ -133,7 +146,8 @@ def compare_panorama(editor: CSDEditor, image: Image.Image, instruction: str, co
 
     With ``match_strength`` CSD's learning rate is searched (from ``csd_lr_scale`` × the baseline's) until its
     edit strength is within :data:`STRENGTH_TOLERANCE` of the baseline's; ``entry["matched_strength"]`` says
-    whether that was reached, ``entry["csd_lr_scale"]`` which scale was used.
+    whether that was reached, ``entry["csd_lr_scale"]`` which scale was used. ``arms``: further CSD arms named
+    by the settings they change, e.g. ``{"csd_aligned": {"align": "offsets"}}`` (see ``_compare``).
     """
     f = editor.guidance.vae_scale_factor
     win, stride = config.window * f, config.stride * f
@@ -144,21 +158,21 @@ def compare_panorama(editor: CSDEditor, image: Image.Image, instruction: str, co
     }
     return _compare(lambda arm: editor.edit_panorama(image, instruction, config=arm, progress=progress),
                     lambda out: _t([out])[0], _t([image])[0], _t(editor.reconstruct([image], config))[0], metrics,
-                    instruction, config, csd_lr_scale, match_strength)
+                    instruction, config, csd_lr_scale, match_strength, arms)
 
 
 def compare_video(editor: CSDEditor, frames: List[Image.Image], instruction: str, config: VideoConfig, shift: int,
-                  progress: bool = False, csd_lr_scale: float = 1.0,
-                  match_strength: bool = False) -> Tuple[Dict, Dict[str, List[Image.Image]]]:
+                  progress: bool = False, csd_lr_scale: float = 1.0, match_strength: bool = False,
+                  arms: Optional[Dict[str, Dict[str, Any]]] = None) -> Tuple[Dict, Dict[str, List[Image.Image]]]:
     """Edit a panning video with the baseline and with CSD (same seed); return metrics and outputs
-    (codec reference, ``_raw`` metrics and ``match_strength`` as in :func:`compare_panorama`)."""
+    (codec reference, ``_raw`` metrics, ``match_strength`` and ``arms`` as in :func:`compare_panorama`)."""
     metrics = {"temporal_inconsistency": lambda e, s: temporal_inconsistency(e, s, shift)}
     return _compare(lambda arm: editor.edit_video(frames, instruction, config=arm, progress=progress), _t,
                     _t(frames), _t(editor.reconstruct(frames, config)), metrics, instruction, config,
-                    csd_lr_scale, match_strength)
+                    csd_lr_scale, match_strength, arms)
 
 
-def _ratios(entry: Dict, keys) -> Dict[str, float]:
-    return {k: entry["csd"][k] / max(entry["baseline"][k], 1e-8) for k in keys}
+def _ratios(arm: Dict, reference: Dict, keys) -> Dict[str, float]:
+    return {k: arm[k] / max(reference[k], 1e-8) for k in keys}
 
 

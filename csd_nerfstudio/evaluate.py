@@ -92,16 +92,20 @@ ARMS: Dict[str, Dict] = {
     "csd-carry-1": {"update": "csd", "carry": 1.0},
     "joint": _JOINT,
     "joint-independent": {**_JOINT, "edit.coupling": False},
+    "csd-aligned": {"update": "csd", "edit.align": "depth"},
+    "joint-aligned": {**_JOINT, "edit.align": "depth"},
 }
 """Arms: pipeline settings on top of the method's. ``independent`` is the csd update with the kernel off (the same
 views and UNet evaluations); ``csd-random-views`` draws the views at random as the paper's 3D schedule does;
 ``csd-carry-1`` is the update before it was bounded (each update starts from the render); ``joint`` is
 csd-edit-fast's joint schedule (every training view edited together, csd_nerfstudio.joint) and
-``joint-independent`` the same with the kernel off. A joint arm's rounds share the arm's editing steps
+``joint-independent`` the same with the kernel off; ``csd-aligned`` and ``joint-aligned`` are csd and joint with
+the kernel mixing depth-warped scores (``edit.align depth``, csd2d.align). A joint arm's rounds share the arm's editing steps
 (``joint.fit_steps`` = iterations / rounds, see :func:`arm_settings`)."""
 
 PAIRS = (("csd", "in2n"), ("csd", "independent"), ("joint", "in2n"), ("joint", "joint-independent"),
-         ("joint", "independent"), ("joint", "csd"))
+         ("joint", "independent"), ("joint", "csd"), ("csd-aligned", "csd"), ("joint-aligned", "joint"),
+         ("csd-aligned", "independent"), ("joint-aligned", "joint-independent"))
 """The ratios the report gives (first / second), where both arms ran and neither is excluded."""
 
 
@@ -113,7 +117,7 @@ def arm_settings(arm: str, iterations: int) -> Dict:
         out["joint.fit_steps"] = max(1, iterations // out.get("joint.rounds", FAST_ROUNDS))
     return out
 
-GIF_ORDER = ("in2n", "independent", "csd", "joint-independent", "joint")
+GIF_ORDER = ("in2n", "independent", "csd", "csd-aligned", "joint-independent", "joint", "joint-aligned")
 
 
 def _parse_value(text: str):
@@ -274,7 +278,8 @@ class EvalArgs:
     model: str = "embedded"
     """InstructPix2Pix model (hub id, local folder or "embedded"); --pipeline.diffusion-model."""
     arms: List[str] = dataclasses.field(default_factory=lambda: ["csd", "in2n", "independent"])
-    """Arms to run (see ARMS): csd, in2n, independent, csd-random-views, csd-carry-1, joint, joint-independent."""
+    """Arms to run (see ARMS): csd, in2n, independent, csd-random-views, csd-carry-1, joint, joint-independent,
+    csd-aligned, joint-aligned."""
     seeds: List[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     """Seeds: each arm runs once per seed (edit.seed and the machine seed)."""
     method: str = "csd-edit-tiny"

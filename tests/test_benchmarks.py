@@ -50,6 +50,7 @@ def test_step_split_times_each_part_and_restores_the_code(guidance):
     assert row["split_unet_s"] > 0 and row["split_kernel_s"] > 0 and row["split_vae_s"] == 0
     assert row["split_unet_s"] + row["split_kernel_s"] <= row["step_s"] * 5  # the parts belong to the step
     assert row["overhead"] > 0 and row["unet_rows"] == 12
+    assert row["aligned_step_s"] > 0 and "align_cost" in row
     assert csd_module.csd_gradient is kernel and guidance.unet.forward == forward
     assert "forward" not in vars(guidance.unet)
 
@@ -189,3 +190,13 @@ def test_gpu_script_rejects_unknown_flags(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(tmp_path), "--fast"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "got '--fast'" in proc.stderr
+
+
+def test_step_benchmark_warps_resample_every_pair():
+    from benchmarks.step import shifted_warps
+
+    warps = shifted_warps(3, 8)
+    grid, mask = warps.pairs(0)
+    assert grid.shape == (3, 8, 8, 2) and 0 < float(mask[1].mean()) <= 1
+    frac = ((grid[1] + 1) * 4 - 0.5).frac().abs()  # a sub-pixel shift: sample points fall between pixel centres
+    assert float(frac.max()) > 0.01

@@ -209,7 +209,7 @@ def test_evaluate_sweeps_seeds_and_extra_photos(embedded, tmp_path):
     """``python -m csd2d.evaluate`` end to end at a tiny scale: every case and seed is reported, with the
     strength-matching outcome, and an extra photo is edited as a panorama."""
     from csd2d.compare import STRENGTH_TOLERANCE
-    from csd2d.evaluate import EvalConfig, evaluate, summary_rows
+    from csd2d.evaluate import EvalConfig, aligned_rows, evaluate, summary_rows
 
     photo = tmp_path / "wide.png"
     demo_panorama(48).save(photo)
@@ -226,3 +226,13 @@ def test_evaluate_sweeps_seeds_and_extra_photos(embedded, tmp_path):
                                              <= STRENGTH_TOLERANCE)
     rows = summary_rows(results)
     assert rows[0].endswith("matched |") and len(rows) == 2 + 2 * 3 + 1
+    # The aligned arms (flow for videos, offsets for panoramas) and the fast-pan clip, matched like CSD.
+    assert list(results["fast_pan"]) == ["demo 12 px | recolor it"]
+    for runs in list(results["panorama"].values()) + list(results["video"].values()) + list(
+            results["fast_pan"].values()):
+        for r in runs:
+            info = r["arms"]["csd_aligned"]
+            assert info["runs"] >= 1 and info["matched_strength"] == (
+                abs(info["ratio_over_baseline"]["edit_strength"] - 1) <= STRENGTH_TOLERANCE)
+            assert r["csd_aligned"]["edit_strength"] > 0
+    assert len(aligned_rows(results)) == 2 + 2 + 1 + 1  # two panoramas, the slow clip, the fast pan
