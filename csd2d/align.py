@@ -150,6 +150,7 @@ def aligned_csd_gradient(
     repulsion: float,
     normalization: Normalization,
     bandwidth: Optional[float] = None,
+    bandwidth_scale: Optional[float] = None,
 ) -> Float[Tensor, "N C h w"]:
     """CSD's descent direction with each score warped onto the receiving particle's grid (module docstring).
 
@@ -157,7 +158,7 @@ def aligned_csd_gradient(
         scores: per-particle scores ``s_j`` (noise convention, as :func:`csd2d.kernel.csd_gradient`).
         particles: the points the kernel is evaluated on (the noisy target latents), same shape.
         warps: ``N`` particles' warps and masks at the latents' resolution.
-        repulsion / normalization / bandwidth: as :func:`csd2d.kernel.csd_gradient`.
+        repulsion / normalization / bandwidth / bandwidth_scale: as :func:`csd2d.kernel.csd_gradient`.
 
     Returns:
         The descent direction, same shape and dtype as ``scores``.
@@ -174,7 +175,7 @@ def aligned_csd_gradient(
         raise ValueError(f"warps: expected warps among the {n} particles, got warps among {warps.n}")
     s = scores.float()
     x = particles.float()
-    k, h = rbf_kernel(x, bandwidth)  # on the unaligned particles (module docstring)
+    k, h = rbf_kernel(x, bandwidth, bandwidth_scale)  # on the unaligned particles (module docstring)
     drive = torch.empty_like(s)
     z_pix = torch.empty_like(s[:, :1])
     for i in range(n):

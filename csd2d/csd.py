@@ -109,10 +109,11 @@ def csd_edit_step(
     )
     if config.coupling and warps is not None:
         mixed = aligned_csd_gradient(res.scores, res.noisy_targets, warps, bandwidth=config.bandwidth,
-                                     repulsion=config.repulsion, normalization=config.normalization)
+                                     bandwidth_scale=config.bandwidth_scale, repulsion=config.repulsion,
+                                     normalization=config.normalization)
     elif config.coupling:
         mixed = csd_gradient(res.scores, res.noisy_targets, bandwidth=config.bandwidth, repulsion=config.repulsion,
-                             normalization=config.normalization)
+                             normalization=config.normalization, bandwidth_scale=config.bandwidth_scale)
     else:
         mixed = res.scores
     grad = sds_weight(guidance.alphas_cumprod, res.t).reshape(()) * mixed.float()  # w(t) weights the whole update

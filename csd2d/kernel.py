@@ -61,28 +61,33 @@ def median_bandwidth(sq_dists: Float[Tensor, "N N"]) -> Tensor:
     return h.clamp_min(torch.finfo(torch.float32).tiny)
 
 
-def _bandwidth(sq_dists: Tensor, bandwidth: Optional[float]) -> Tensor:
+def _bandwidth(sq_dists: Tensor, bandwidth: Optional[float], scale: Optional[float]) -> Tensor:
+    scale = 1.0 if scale is None else scale
+    if not scale > 0:
+        raise ValueError(f"bandwidth_scale: expected a positive factor, got {scale!r}")
     if bandwidth is None:
-        return median_bandwidth(sq_dists)
+        return median_bandwidth(sq_dists) * scale
     if not bandwidth > 0:
         raise ValueError(f"bandwidth: expected a positive number or None (median heuristic), got {bandwidth!r}")
     return torch.tensor(float(bandwidth), device=sq_dists.device)
 
 
 def rbf_kernel(
-    particles: Float[Tensor, "N ..."], bandwidth: Optional[float] = None
+    particles: Float[Tensor, "N ..."], bandwidth: Optional[float] = None, bandwidth_scale: Optional[float] = None
 ) -> Tuple[Float[Tensor, "N N"], Tensor]:
     """RBF kernel matrix ``K[j, i] = k(x_j, x_i) = exp(−||x_j − x_i||² / h)`` on flattened particles.
 
     Args:
         particles: ``N`` particles of any trailing shape; flattened per particle.
         bandwidth: fixed ``h``; ``None`` uses :func:`median_bandwidth`.
+        bandwidth_scale: multiplies the median heuristic's ``h``; None is 1 (a fixed ``bandwidth`` is used as
+            given).
 
     Returns:
         ``(K, h)``: the symmetric ``[N, N]`` kernel in fp32 and the bandwidth used (fp32 scalar).
     """
     d = pairwise_sq_dists(_flat32(particles))
-    h = _bandwidth(d, bandwidth)
+    h = _bandwidth(d, bandwidth, bandwidth_scale)
     return torch.exp(-d / h), h
 
 
@@ -108,6 +113,7 @@ def csd_gradient(
     repulsion: float,
     normalization: Normalization,
     bandwidth: Optional[float] = None,
+    bandwidth_scale: Optional[float] = None,
 ) -> Float[Tensor, "N ..."]:
     """SVGD descent direction of Collaborative Score Distillation (Kim et al. 2023, eq. 6), normalised per particle.
 
@@ -134,6 +140,8 @@ def csd_gradient(
             ``N``); callers pass
             :attr:`csd2d.config.StepConfig.normalization`.
         bandwidth: fixed RBF bandwidth ``h``; ``None`` uses the median heuristic.
+        bandwidth_scale: multiplies the median heuristic's ``h``; None is 1
+            (:attr:`csd2d.config.StepConfig.bandwidth_scale`).
 
     Returns:
         The descent direction, same shape and dtype as ``scores``.
@@ -148,7 +156,7 @@ def csd_gradient(
         )
     flat_x = _flat32(particles)
     flat_s = _flat32(scores)
-    k, h = rbf_kernel(particles, bandwidth)  # symmetric: k[j, i] == k[i, j]
+    k, h = rbf_kernel(particles, bandwidth, bandwidth_scale)  # symmetric: k[j, i] == k[i, j]
     row_sum = k.sum(dim=1, keepdim=True)  # Σ_j k_ji >= k_ii = 1
     drive = k @ flat_s
     repel = (2.0 / h) * (k @ flat_x - flat_x * row_sum)

@@ -140,3 +140,18 @@ def test_svgd_recovers_gaussian(normalization):
     for step in range(3000):
         y = y - 0.05 * csd_gradient((y - mean) @ precision, y, repulsion=0.0, normalization=normalization)
     assert torch.cov(y.T).trace() < 0.1 * cov.trace()
+
+
+def test_bandwidth_scale_widens_the_median_heuristic():
+    """``bandwidth_scale`` s gives the kernel of the fixed bandwidth s · h_median, and a fixed bandwidth ignores it."""
+    x, s = _particles(5), _particles(5, seed=1)
+    h = median_bandwidth(pairwise_sq_dists(x.reshape(5, -1)))
+    k4, h4 = rbf_kernel(x, bandwidth_scale=4.0)
+    torch.testing.assert_close(h4, h * 4)
+    torch.testing.assert_close(k4, rbf_kernel(x, float(h * 4))[0])
+    wide = csd_gradient(s, x, repulsion=1.0, normalization="row", bandwidth_scale=4.0)
+    torch.testing.assert_close(wide, csd_gradient(s, x, repulsion=1.0, normalization="row", bandwidth=float(h * 4)))
+    assert not torch.allclose(wide, csd_gradient(s, x, repulsion=1.0, normalization="row"))
+    torch.testing.assert_close(rbf_kernel(x, 2.0, bandwidth_scale=4.0)[0], rbf_kernel(x, 2.0)[0])
+    with pytest.raises(ValueError, match="bandwidth_scale: expected a positive factor, got 0"):
+        rbf_kernel(x, bandwidth_scale=0)
