@@ -400,3 +400,18 @@ def test_tiny_splat_edits_the_face(fitted, face64, tmp_path, update):
     assert after - before >= HUE_SHIFT, (update, before, after)
     assert pipeline.model.num_points == len(loaded)  # refinement ended with the pretraining
     assert not torch.equal(pipeline.model.means.detach(), loaded)
+
+
+
+@pytest.mark.slow
+def test_depth_aligned_job_on_splats_uses_their_camera_space_depth(fitted, monkeypatch):
+    """--pipeline.edit.align depth on splats: the job carries DepthWarps over splatfacto's camera-space (z) depth.
+    (Whether the warps carry one view onto another is not checked here: on this 8-view, 500-step fit a warped render
+    matches another view only 3 % better than the unwarped one; on the nerfacto face scene 2.6× better.)"""
+    from csd_nerfstudio.warps import DepthWarps
+
+    pipeline = fitted.pipeline
+    monkeypatch.setattr(pipeline.config, "edit", dataclasses.replace(pipeline.config.edit, align="depth"))
+    job = pipeline.make_job(0, indices=[0, 1, 2])
+    assert isinstance(job.warps, DepthWarps) and job.warps.kind == "z" and job.warps.depth.gt(0).all()
+    assert job.warps.n == 3 and torch.isfinite(job.warps.pairs(0)[0]).all()
