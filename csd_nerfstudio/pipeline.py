@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import time
+import typing
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Literal, Optional, Tuple, Type
@@ -47,6 +48,10 @@ from .joint import JointConfig, JointProgress, RoundStopped, round_due, round_pl
 from .updates import EditJob, csd_update, in2n_update
 from .views import neighbouring_views, random_crop, render_view, resize, select_views, view_camera
 from .warps import DepthWarps, latent_intrinsics, pool_depth
+
+SceneAlign = Literal["none", "depth"]
+"""How a scene update's kernel mixes the views' scores: pixel for pixel (``none``) or warped by rendered depth onto
+the pixels that show the same surface (``depth``; csd_nerfstudio.warps)."""
 
 __all__ = ["SceneEditConfig", "CSDPipelineConfig", "CSDPipeline", "neighbouring_views", "TrainImages", "EditJob"]
 
@@ -75,7 +80,7 @@ class SceneEditConfig(EditConfig):
     learning rates and the README's 3D evidence were measured (N = 4, where the mean row sum / N is 0.41). The
     joint schedule's methods (csd-edit-fast, csd-edit-tiny-fast) set their own: there N is every view and 1/N
     would shrink the step tenfold (csd2d.config.StepConfig.normalization)."""
-    align: Literal["none", "depth"] = "none"
+    align: SceneAlign = "none"
     """Aligned CSD (csd2d.align): depth warps a view's score onto the other views' pixels that show the same
     surface (rendered depth, cameras, an occlusion test; csd_nerfstudio.warps) before the kernel mixes them; none
     mixes pixel for pixel (the paper). For the csd update (iterative or joint) and distill mode. Ours: none, from
@@ -85,8 +90,8 @@ class SceneEditConfig(EditConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.align not in ("none", "depth"):
-            raise ConfigError("align", f"expected one of ['none', 'depth'], got {self.align!r}")
+        if self.align not in typing.get_args(SceneAlign):
+            raise ConfigError("align", f"expected one of {list(typing.get_args(SceneAlign))}, got {self.align!r}")
 
     def __post_init__(self) -> None:
         try:
@@ -521,7 +526,7 @@ class CSDPipeline(VanillaPipeline):
         carries the views' depth warps."""
         indices = self.select_views(update) if indices is None else indices
         renders, originals, sizes, cameras, depths = [], [], [], [], []
-        align = self.config.edit.align == "depth" and self.config.update == "csd"
+        align = self.config.edit.align == "depth"  # refused with in2n (CSDPipelineConfig._validate)
         self.model.eval()
         try:
             for k, i in enumerate(indices, 1):
