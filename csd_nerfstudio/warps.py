@@ -21,7 +21,7 @@ from torch import Tensor
 
 from csd2d.align import Pair, Warps, pixel_grid, to_sample_grid
 
-__all__ = ["DEPTH_TOLERANCE", "DepthKind", "DepthWarps", "latent_intrinsics", "pool_depth"]
+__all__ = ["CACHE_BYTES", "DEPTH_TOLERANCE", "DepthKind", "DepthWarps", "latent_intrinsics", "pool_depth"]
 
 DepthKind = Literal["ray", "z"]
 
@@ -30,6 +30,12 @@ DEPTH_TOLERANCE = 0.05
 and j's rendered depth there for the point to count as seen by j. Ours: a latent pixel averages 8 × 8 rendered
 depths, so at an edge between surfaces its depth lies between them and fails the test on both sides (the pair is
 dropped there, which is the safe side); inside a surface the pooled depth of a fitted scene varies by ~1 %."""
+
+CACHE_BYTES = 256 * 2**20
+"""Most memory :class:`DepthWarps` keeps of the rows it computed (grids and masks; later rows are recomputed on each
+call). Ours: a joint round asks for every row on each of its CSD steps with the same depth and cameras, and
+recomputing them was ~8 % of a round (face at 64 px, 30 views, the embedded model, CPU); 40 views of 64 × 64
+latents take 79 MiB, so an H200's whole 40-view round is cached and a 200-view one is cached in part."""
 
 _MIN_DEPTH = 1e-6
 
@@ -56,10 +62,11 @@ class DepthWarps(Warps):
         c2w: each view's camera-to-world, OpenGL axes.
         kind: ``ray`` (distance along the unit ray: nerfacto) or ``z`` (camera-space depth: splatfacto).
         tolerance: the occlusion test's relative tolerance (:data:`DEPTH_TOLERANCE`).
+        cache_bytes: memory for rows already computed (:data:`CACHE_BYTES`; 0 recomputes every row each call).
     """
 
     def __init__(self, depth: Float[Tensor, "N h w"], intrinsics: Float[Tensor, "N 4"], c2w: Float[Tensor, "N 3 4"],
-                 kind: DepthKind, tolerance: float = DEPTH_TOLERANCE) -> None:
+                 kind: DepthKind, tolerance: float = DEPTH_TOLERANCE, cache_bytes: int = CACHE_BYTES) -> None:
         n = depth.shape[0]
         if depth.ndim != 3:
             raise ValueError(f"depth: expected shape [N, h, w], got {tuple(depth.shape)}")
@@ -73,7 +80,10 @@ class DepthWarps(Warps):
             raise ValueError(f"tolerance: expected a positive fraction, got {tolerance!r}")
         self.n = n
         self.depth, self.intrinsics, self.c2w = depth.float(), intrinsics.float(), c2w.float()
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes: expected a size in bytes >= 0, got {cache_bytes!r}")
         self.kind, self.tolerance = kind, tolerance
+        self.cache_bytes, self._cache, self._cached_bytes = cache_bytes, {}, 0
 
     def _camera_dirs(self, i: int) -> Float[Tensor, "h w 3"]:
         """View i's rays through its latent pixel centres in camera axes, scaled to z = −1."""
@@ -92,6 +102,16 @@ class DepthWarps(Warps):
         return cam @ rot.T + origin
 
     def pairs(self, i: int) -> Pair:
+        if i in self._cache:
+            return self._cache[i]
+        pair = self._pairs(i)
+        size = sum(t.numel() * t.element_size() for t in pair)
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._cache[i] = pair
+            self._cached_bytes += size
+        return pair
+
+    def _pairs(self, i: int) -> Pair:
         h, w = self.depth.shape[1:]
         world = self.points(i)  # [h, w, 3]
         rot, origin = self.c2w[:, :, :3], self.c2w[:, :, 3]  # [N, 3, 3], [N, 3]
@@ -113,4 +133,5 @@ class DepthWarps(Warps):
 
     def subset(self, indices: Sequence[int]) -> "DepthWarps":
         idx = torch.as_tensor(list(indices), dtype=torch.long)
-        return DepthWarps(self.depth[idx], self.intrinsics[idx], self.c2w[idx], self.kind, self.tolerance)
+        return DepthWarps(self.depth[idx], self.intrinsics[idx], self.c2w[idx], self.kind, self.tolerance,
+                          self.cache_bytes)

@@ -116,3 +116,24 @@ def test_back_projection_follows_nerfstudio_rays(kind):
     grid, mask = warps.pairs(0)
     torch.testing.assert_close(grid[1], to_sample_grid(pixel_grid(10, 12), 10, 12), atol=1e-4, rtol=0)
     assert mask[1].eq(1).all()
+
+
+def test_cached_rows_equal_recomputed_rows_and_respect_the_budget():
+    """A round asks for every row on each CSD step: the cache must give each row's own grid and mask (asked in
+    any order, twice) and keep no more than its budget."""
+    depths = torch.stack([_two_planes(1.0), _two_planes(-1.0), _two_planes(0.3)])
+    c2w = torch.stack([_c2w(1.0), _c2w(-1.0), _c2w(0.3)])
+    fresh = DepthWarps(depths, INTR.expand(3, 4), c2w, "z", cache_bytes=0)
+    cached = DepthWarps(depths, INTR.expand(3, 4), c2w, "z")
+    for i in (2, 0, 1, 0, 2, 1):
+        for got, want in zip(cached.pairs(i), fresh.pairs(i)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert sorted(cached._cache) == [0, 1, 2] and not fresh._cache
+    row = sum(t.numel() * t.element_size() for t in fresh.pairs(0))
+    small = DepthWarps(depths, INTR.expand(3, 4), c2w, "z", cache_bytes=2 * row)
+    for i in range(3):
+        small.pairs(i)
+    assert sorted(small._cache) == [0, 1] and small._cached_bytes <= 2 * row
+    assert small.subset([1, 2]).cache_bytes == 2 * row
+    with pytest.raises(ValueError, match="cache_bytes"):
+        DepthWarps(depths, INTR.expand(3, 4), c2w, "z", cache_bytes=-1)
