@@ -163,8 +163,38 @@ def test_gpu_script_cpu_dry_run(tmp_path):
         rows["joint"]["update_s"] + est["joint_fit_steps"] * rows["no-edits"]["s_per_iteration"]))
     assert est["async_speedup"] == pytest.approx(rows["csd"]["s_per_iteration"] / rows["csd-async"]["s_per_iteration"])
     goals = json.loads((tmp_path / "goals.json").read_text())["goals"]
-    assert len(goals) == 4 and goals[0]["met"] is None  # the dry run has no N = 16 step: no figure, not "met"
+    assert len(goals) == 6 and goals[0]["met"] is None  # the dry run has no N = 16 step: no figure, not "met"
     assert goals[3]["value"] is None  # csd-edit-tiny is not the csd-edit-small of the memory goal
+    check_joint_edit(json.loads((tmp_path / "joint_edit.json").read_text()), goals)
+
+
+def check_joint_edit(joint: dict, goals: list) -> None:
+    """gpu.sh's quick joint_edit (6 views, 2 pretrain, 2 CSD and 2 fit steps): every stage timed, every view edited
+    in every round, the stages add up to the whole edit, and the goals have its two rows without a figure."""
+    from csd_nerfstudio.config import csd_edit_fast
+
+    assert joint["complete"] and joint["model"] == "tiny" and joint["method"] == "csd-edit-tiny"
+    assert joint["rounds"] == csd_edit_fast.config.pipeline.joint.rounds  # csd-edit-fast's rounds
+    assert (joint["pretrain_steps"], joint["csd_steps"], joint["fit_steps"]) == (2, 2, 2)  # the dry run's
+    rounds = joint["rounds_detail"]
+    assert joint["training_views"] == joint["views"] == 6 and len(rounds) == joint["rounds"]
+    assert joint["views_edited"] == [joint["views"]] * joint["rounds"] == [r["views_edited"] for r in rounds]
+    for r in rounds:
+        assert r["render_s"] > 0 and r["edit_s"] > 0 and r["fit_s"] > 0 and r["fit_steps"] == joint["fit_steps"]
+        assert r["render_s"] + r["edit_s"] <= r["round_s"] + 1e-6  # the round's own clock inside ours
+    stages = joint["stages"]
+    assert set(stages) == {"render_s", "edit_s", "fit_s", "final_save_s"} and min(stages.values()) > 0
+    for stage in ("render_s", "edit_s", "fit_s"):
+        assert stages[stage] == pytest.approx(sum(r[stage] for r in rounds))
+    assert joint["whole_edit_s"] > 0
+    assert sum(stages.values()) == pytest.approx(joint["whole_edit_s"], rel=0.01, abs=0.05)
+    # the base and the edit are the training run (train_measured's own clock); the setup is outside both
+    assert 0 < joint["pretrain_s"] and 0 < joint["setup_s"]
+    assert joint["pretrain_s"] + joint["whole_edit_s"] == pytest.approx(joint["training_s"], rel=0.01, abs=0.05)
+    assert joint["peak"]["peak_rss_mib"] > 0 and "cuda_max_allocated_mib" not in joint["peak"]  # CPU: RSS
+    rows = {g["goal"]: g for g in goals if g["source"] == "joint_edit"}
+    assert set(rows) == {"whole joint edit, >= 40 views (s)", "joint edit peak memory (GB)"}
+    assert all(g["value"] is None and g["met"] is None for g in rows.values())  # tiny, 6 views: not the goals' case
 
 
 def test_goals_are_judged_from_the_json_and_missing_figures_are_not_met(tmp_path):
@@ -184,6 +214,23 @@ def test_goals_are_judged_from_the_json_and_missing_figures_are_not_met(tmp_path
     assert got["scene3d:<= 12 GB"][1] is True and got["scene3d:<= 12 GB"][0] == pytest.approx(8000 * 2**20 / 1e9)
     (tmp_path / "step.json").unlink()
     assert check(tmp_path)[0]["met"] is None and check(tmp_path)[0]["value"] is None
+    assert [r["met"] for r in check(tmp_path) if r["source"] == "joint_edit"] == [None, None]  # no joint_edit.json
+
+    joint = {"model": "full", "complete": True, "rounds": 2, "views": 40, "training_views": 40,
+             "views_edited": [40, 40], "whole_edit_s": 250.0,
+             "peak": {"cuda_max_allocated_mib": 8000.0, "peak_rss_mib": 5000.0}}
+
+    def judged(**changes):
+        write("joint_edit", {**joint, **changes})
+        return [(r["value"], r["met"]) for r in check(tmp_path) if r["source"] == "joint_edit"]
+
+    assert judged() == [(250.0, True), (pytest.approx(8000 * 2**20 / 1e9), True)]
+    assert judged(whole_edit_s=301.0, peak={"cuda_max_allocated_mib": 12000.0}) == [
+        (301.0, False), (pytest.approx(12000 * 2**20 / 1e9), False)]
+    assert judged(peak={"peak_rss_mib": 5000.0}) == [(250.0, True), (None, None)]  # CPU: no CUDA figure
+    for case in (dict(model="tiny"), dict(complete=False), dict(views=36, training_views=36, views_edited=[36, 36]),
+                 dict(views_edited=[40]), dict(views_edited=[40, 39]), dict(training_views=44, views=44)):
+        assert judged(**case) == [(None, None), (None, None)], case  # not the goals' case: no figure
 
 
 def test_gpu_script_rejects_unknown_flags(tmp_path):
