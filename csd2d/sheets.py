@@ -81,7 +81,7 @@ def contact_sheet(rows: Mapping[str, Sequence[Image.Image]], column_labels: Opti
                   min_side: int = MIN_VIEW_SIDE) -> Image.Image:
     """A grid with one row per entry of ``rows`` (its key written at the row's left) and, when given, a label
     above each column; views :data:`GUTTER` px apart. All images must share one size; each is enlarged by
-    :func:`upscale_factor`."""
+    :func:`upscale_factor`. Rows whose keys are all empty get no label margin (:func:`side_by_side`)."""
     names = list(rows)
     if not names:
         raise ValueError("rows: expected at least one row, got none")
@@ -94,14 +94,15 @@ def contact_sheet(rows: Mapping[str, Sequence[Image.Image]], column_labels: Opti
         raise ValueError(f"column_labels: expected {count} labels (one per column), got {len(column_labels)}")
     cells = _views([image for name in names for image in rows[name]], "rows", min_side)
     w, h = cells[0].size
-    left = max(_text_size(name)[0] for name in names) + 2 * LABEL_PAD
+    left = max(_text_size(name)[0] for name in names) + 2 * LABEL_PAD if any(names) else 0
     top = 0 if column_labels is None else _band_height()
     step_x, step_y = w + GUTTER, h + GUTTER
     sheet = Image.new("RGB", (left + step_x * count - GUTTER, top + step_y * len(names) - GUTTER), "white")
     for c, text in enumerate(column_labels or ()):
         sheet.paste(label_strip(text, w, top), (left + c * step_x, 0))
     for r, name in enumerate(names):
-        sheet.paste(label_strip(name, left, h), (0, top + r * step_y))
+        if left:
+            sheet.paste(label_strip(name, left, h), (0, top + r * step_y))
         for c in range(count):
             sheet.paste(cells[r * count + c], (left + c * step_x, top + r * step_y))
     return sheet
@@ -109,16 +110,11 @@ def contact_sheet(rows: Mapping[str, Sequence[Image.Image]], column_labels: Opti
 
 def side_by_side(columns: Mapping[str, Image.Image], min_side: int = MIN_VIEW_SIDE) -> Image.Image:
     """The images of ``columns`` side by side (:data:`GUTTER` px apart), each under a strip holding its key; all
-    of one size, each enlarged by :func:`upscale_factor`."""
-    names = list(columns)
-    cells = _views([columns[name] for name in names], "columns", min_side)
-    w, h = cells[0].size
-    band = _band_height()
-    sheet = Image.new("RGB", ((w + GUTTER) * len(cells) - GUTTER, band + h), "white")
-    for c, (name, cell) in enumerate(zip(names, cells)):
-        sheet.paste(label_strip(name, w, band), (c * (w + GUTTER), 0))
-        sheet.paste(cell, (c * (w + GUTTER), band))
-    return sheet
+    of one size, each enlarged by :func:`upscale_factor` (a one-row :func:`contact_sheet` without row labels)."""
+    if not columns:
+        raise ValueError("columns: expected at least one image, got none")
+    check_same_size(list(columns.values()), "columns")
+    return contact_sheet({"": list(columns.values())}, list(columns), min_side)
 
 
 def write_contact_sheet(path: Path, rows: Mapping[str, Sequence[Image.Image]],
