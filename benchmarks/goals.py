@@ -3,7 +3,7 @@
 
     python -m benchmarks.goals OUT_DIR
 
-Goals (on one H100, full-size model, 512²): CSD step overhead ≤ 1.03 at N = 16; ≥ 2.5× the official per-window
+Goals (issue 12 set them on one H100; the lent machines are H200s; full-size model, 512²): CSD step overhead ≤ 1.03 at N = 16; ≥ 2.5× the official per-window
 loop at N = 8; a whole-scene 3D edit (the paper's schedule, pretrain excluded) in ≤ 10 min; csd-edit-small's
 peak memory at N = 4 ≤ 12 GB. Issue 20's: the whole joint edit (csd-edit-fast's schedule, base excluded) of
 ≥ 40 training views in ≤ 300 s, and its peak memory (CUDA max allocated) ≤ 12 GB, both measured by
