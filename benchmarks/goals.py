@@ -3,13 +3,13 @@
 
     python -m benchmarks.goals OUT_DIR
 
-Goals (issue 12 set them on one H100; the lent machines are H200s; full-size model, 512²): CSD step overhead ≤ 1.03
-at N = 16; ≥ 2.5× the official per-window loop at N = 8; a whole-scene 3D edit (the paper's schedule, pretrain
-excluded) in ≤ 10 min; csd-edit-small's peak memory at N = 4 ≤ 12 GB. Issue 20's: the whole joint edit (csd-edit-fast's
-schedule, base excluded) of ≥ 40 training views in ≤ 300 s, and its peak memory (CUDA max allocated) ≤ 12
-GB, both measured by ``benchmarks.joint_edit`` on the full model. A goal whose figure is missing (its benchmark
-failed, stopped before the end or did not run that case) is reported as such, never as met. On the CPU dry run the
-figures are the tiny model's and the verdicts mean nothing.
+Goals (issue 12 set them on one H100; the lent machines are H200s; full-size model, 512²): CSD step overhead ≤
+1.03 at N = 16; ≥ 2.5× the official per-window loop at N = 8; a whole-scene 3D edit (the paper's schedule,
+pretrain excluded) in ≤ 10 min; csd-edit-small's peak memory at N = 4 ≤ 12 GB. Issue 20's: the whole joint edit
+(csd-edit-fast's schedule, base excluded) of ≥ 40 training views in ≤ 300 s, and its peak memory (CUDA max
+allocated) ≤ 12 GB, both measured by ``benchmarks.joint_edit`` on the full model. A goal whose figure is missing
+(its benchmark failed, stopped before the end or did not run that case) is reported as such, never as met. On the
+CPU dry run the figures are the tiny model's and the verdicts mean nothing.
 """
 
 from __future__ import annotations
