@@ -186,16 +186,16 @@ def run(model: str, device: str, views: int, pretrain_steps: int, work: Optional
     try:
         start = time.perf_counter()
         paths = prepare(work, model, views)
-        settings = {**fast_settings(), **(overrides or {}), "diffusion_model": str(paths["model"]),
+        schedule = fast_settings()
+        settings = {**schedule, **(overrides or {}), "diffusion_model": str(paths["model"]),
                     "pretrain_steps": pretrain_steps}
-        probe = method_config(METHOD[model], paths["scene"], work / "runs", 1, settings)
-        joint, steps = probe.pipeline.joint, probe.pipeline.edit.steps
+        config = method_config(METHOD[model], paths["scene"], work / "runs" / "joint-edit", 1, settings)
+        joint, steps = config.pipeline.joint, config.pipeline.edit.steps
         iterations = pretrain_steps + joint.edit_steps  # csd-edit-fast's max_num_iterations
-        config = method_config(METHOD[model], paths["scene"], work / "runs" / "joint-edit", iterations, settings)
-        config = dataclasses.replace(config, machine=dataclasses.replace(config.machine,
-                                                                         device_type=torch.device(device).type))
+        config = dataclasses.replace(config, max_num_iterations=iterations, machine=dataclasses.replace(
+            config.machine, device_type=torch.device(device).type))
         result = dict(benchmark="joint_edit", model=model, method=METHOD[model], schedule_from=SCHEDULE_FROM,
-                      schedule=fast_settings(), overrides=dict(overrides or {}), image=IMAGE[model], views=views,
+                      schedule=schedule, overrides=dict(overrides or {}), image=IMAGE[model], views=views,
                       cameras=_cameras(paths["scene"]), device=device, machine=machine(),
                       pretrain_steps=pretrain_steps, rounds=joint.rounds, fit_steps=joint.fit_steps, csd_steps=steps,
                       iterations=iterations, prepare_s=time.perf_counter() - start, complete=False)

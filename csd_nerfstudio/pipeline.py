@@ -204,9 +204,9 @@ class CSDPipelineConfig(VanillaPipelineConfig):
                              f"with it, got {self.mode!r}")
         if self.update == "in2n" and self.mode != "dataset":
             raise ValueError(f"update: in2n is a dataset update; expected mode 'dataset' with it, got {self.mode!r}")
-        if self.edit.align != "none" and self.update == "in2n" and self.mode == "dataset":
-            raise ValueError(f"--pipeline.edit.align: aligns CSD's kernel, which the in2n update does not use; expected "
-                             f"'none' with update in2n, got {self.edit.align!r}")
+        if self.edit.align != "none" and self.update == "in2n":  # in2n runs in dataset mode only (above)
+            raise ValueError(f"--pipeline.edit.align: aligns CSD's kernel, which the in2n update does not use; "
+                             f"expected 'none' with update in2n, got {self.edit.align!r}")
 
 
 def _as_flag(prefix: str, message: str) -> str:
