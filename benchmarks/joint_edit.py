@@ -8,8 +8,9 @@ back through ``--pipeline.diffusion-model DIR`` (:func:`benchmarks.scene3d.prepa
   out of the edit's, as are the setup's (loading the scene, nerfacto and the diffusion model);
 - then csd-edit-fast's joint schedule (its rounds and fit steps, read from :data:`csd_nerfstudio.config.csd_edit_fast`)
   on the settings of ``--model full``'s csd-edit-small (nerfacto, float16 diffusion, 512² views) or ``--model
-  tiny``'s csd-edit-tiny (32² views, the CPU dry run): every round renders every training view, edits them all
-  together (CSD, VAE, write-back) and the scene trains ``fit_steps`` real training steps on the edits.
+  tiny``'s csd-edit-tiny (32² views, the CPU dry run): every round edits every training view together (CSD, VAE,
+  write-back) and the scene trains ``fit_steps`` real training steps on the edits. The first round edits the
+  photos and so renders nothing; each later one first renders every view, its start.
 
 Stages, per round: the renders of every view and the joint CSD edit (the round's own clock,
 :class:`csd_nerfstudio.joint.JointProgress`), the fit steps (from the end of the round to the next round, or to the

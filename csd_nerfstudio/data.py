@@ -37,6 +37,11 @@ class TrainImages:
     def _slot(self, index: int) -> Tensor:
         return self._batch["image"][self._pos[index]] if self._batch is not None else self.dm.cached_train[index]["image"]
 
+    @property
+    def device(self) -> torch.device:
+        """The device the training images are cached on."""
+        return self._slot(0).device
+
     def get(self, index: int) -> Float[Tensor, "H W 3"]:
         """Current training image ``index`` as float ``[H, W, 3]`` in [0, 1]."""
         return to_float(self._slot(index))

@@ -44,7 +44,7 @@ from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerDropdown, Vi
 
 from .checks import SceneError
 from .data import TrainImages
-from .joint import JointConfig, JointProgress, RoundStopped, round_due, round_plan, spread_views
+from .joint import JointConfig, JointProgress, RoundStopped, TargetRamp, round_due, round_plan, spread_views
 from .updates import EditJob, csd_update, in2n_update
 from .views import neighbouring_views, random_crop, render_view, resize, select_views, view_camera
 from .warps import DepthWarps, latent_intrinsics, pool_depth
@@ -230,6 +230,8 @@ class CSDPipeline(VanillaPipeline):
         self._pending: Optional[Future] = None
         self._executor: Optional[ThreadPoolExecutor] = None
         self.updates = 0
+        self.ramp: Optional[TargetRamp] = None
+        """The last joint round's edits on their way into the training images (joint.ramp), until reached."""
         self.edited_views: List[List[int]] = []
         self.edit_start = config.pretrain_steps
         """First step at which updates run (pretraining before it; see :meth:`load_pipeline` after a load)."""
@@ -353,6 +355,12 @@ class CSDPipeline(VanillaPipeline):
         if self.images is not None:
             for i in self.images.edited():
                 state[f"{p}view.{i}"] = self.images.uint8(i)[..., :3].contiguous()
+        if self.ramp is not None:  # the round's edits as the views, what they ramp from beside them
+            meta["ramp"] = self.ramp.meta()
+            state[f"{p}meta"] = torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8)
+            for i, before, after in zip(self.ramp.indices, self.ramp.before, self.ramp.after):
+                state[f"{p}view.{i}"] = after.cpu().contiguous()
+                state[f"{p}ramp.{i}"] = before.cpu().contiguous()
         return state
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
@@ -398,13 +406,23 @@ class CSDPipeline(VanillaPipeline):
                                  f"{view.shape[1]}×{view.shape[0]}, this scene's view is {shape[1]}×{shape[0]} "
                                  f"(another downscale?)")
             self.images.set(index, view.float() / 255.0)
+        if meta.get("ramp"):  # stopped during a round's ramp: go on with the same blend
+            ramp = meta["ramp"]
+            device = self.images.device
+            self.ramp = TargetRamp(ramp["start"], ramp["steps"], ramp["views"],
+                                   [edit[f"ramp.{i}"].to(device) for i in ramp["views"]],
+                                   [self.images.uint8(i)[..., :3].to(device) for i in ramp["views"]])
 
     def edited_images(self) -> List[Tensor]:
         """The edited scene's training views as uint8 ``[H, W, C]`` (CPU, training order, alpha kept): the
         training images in dataset mode; in distill mode, where the edit lives in the scene alone, its renders
         at the photos' resolution."""
         if self.config.mode == "dataset":
-            return [self.images.uint8(i) for i in range(len(self.images))]
+            out = [self.images.uint8(i) for i in range(len(self.images))]
+            if self.ramp is not None:  # stopped during a ramp: the round's edits, not the blend
+                for i, after in zip(self.ramp.indices, self.ramp.after):
+                    out[i] = torch.cat([after.cpu(), out[i][..., 3:]], dim=-1)
+            return out
         out = []
         self.model.eval()
         try:
@@ -447,6 +465,8 @@ class CSDPipeline(VanillaPipeline):
         return step % self.config.edit_rate == 0
 
     def get_train_loss_dict(self, step: int):
+        if self.ramp is not None and step > self.ramp.start and self.ramp.apply(self.images, step):
+            self.ramp = None  # the round's edits are reached
         due = self._due(step)
         if due and not self._announced:
             self._announced = True
@@ -519,15 +539,39 @@ class CSDPipeline(VanillaPipeline):
         kind = "z" if isinstance(self.model, SplatfactoModel) else "ray"
         return DepthWarps(torch.stack(pooled), torch.stack(intrinsics), c2w, kind)
 
+    def start_carry(self, update: int) -> float:
+        """The share of the scene's edit that csd update ``update`` starts from: ``carry``, or under the joint
+        schedule the round's (:func:`csd_nerfstudio.joint.round_plan`: 0 in the first round, which edits the
+        photos)."""
+        if self.config.schedule == "joint":
+            edit = self.config.edit
+            return round_plan(self.config.joint, edit.t_min, edit.t_max, update)[1]
+        return float(self.config.carry)
+
+    def needs_renders(self, update: int) -> bool:
+        """Whether update ``update`` reads the scene's renders: in2n edits them; a csd update only when it starts
+        from a share of them (:meth:`start_carry` > 0) or aligns by their depth. The joint schedule's first round
+        starts from the photos, so it renders nothing (our measurement: 30 of the 60 renders of csd-edit-tiny-fast's
+        edit, about a quarter of its wall time on a CPU)."""
+        return (self.config.update == "in2n" or self.config.edit.align != "none"
+                or self.start_carry(update) > 0)
+
     @torch.no_grad()
     def make_job(self, update: int, indices: Optional[List[int]] = None,
                  on_render: Optional[Callable[[int], None]] = None) -> EditJob:
         """Render the views of update ``update`` (:meth:`select_views`, or ``indices``) on the scene's device
         without gradients; ``on_render(k)`` after the k-th. With ``edit.align depth`` their depth too, and the job
-        carries the views' depth warps."""
+        carries the views' depth warps. An update that reads no render (:meth:`needs_renders`) renders nothing:
+        its job holds the photos in their place and ``on_render`` is not called."""
         indices = self.select_views(update) if indices is None else indices
         renders, originals, sizes, cameras, depths = [], [], [], [], []
         align = self.config.edit.align == "depth"  # refused with in2n (CSDPipelineConfig._validate)
+        if not (align or self.needs_renders(update)):
+            for i in indices:
+                originals.append(self._original(i, self._edit_size(self._camera(i)), "cpu"))
+                sizes.append(tuple(self.images.originals[i].shape[:2]))
+            photos = torch.cat(originals)
+            return EditJob(update, indices, photos, photos, sizes)
         self.model.eval()
         try:
             for k, i in enumerate(indices, 1):
@@ -558,12 +602,12 @@ class CSDPipeline(VanillaPipeline):
 
         A pure function of the job, the options and the update's seed: the same on any thread or device."""
         gen = self._generator(job.update)
-        edit, carry = self.config.edit, self.config.carry
+        edit, carry = self.config.edit, self.start_carry(job.update)
         num = len(self.guidance.alphas_cumprod)
         lo, hi = (round(f * num) for f in self.config.in2n_noise_range)
         hi = min(hi, num - 1)
         if self.config.schedule == "joint":
-            t_max, carry = round_plan(self.config.joint, edit.t_min, edit.t_max, job.update)
+            t_max = round_plan(self.config.joint, edit.t_min, edit.t_max, job.update)[0]
             hi = max(lo, round(hi * t_max / max(edit.t_max, 1)))  # in2n: its noise falls with the rounds' t_max
             edit = dataclasses.replace(edit, t_max=t_max, max_batch=edit.max_batch or self.config.joint.max_batch)
         if self.config.update == "in2n":
@@ -588,11 +632,19 @@ class CSDPipeline(VanillaPipeline):
                                       should_stop=lambda: self.stop_requested)
         try:
             job = self.make_job(self.updates, indices=indices, on_render=self.progress.rendered)
+            if not self.needs_renders(self.updates):
+                self.progress.from_photos()
             edited = self.run_job(job, on_step=self.progress.stepped)
         except RoundStopped as stopped:
             CONSOLE.print(f"csd-edit: {stopped}; nothing of it is written, and a resumed run makes it again")
             return
+        before = [self.images.uint8(i)[..., :3].to(self.images.device) for i in job.indices]
         self.apply_job(job, edited)
+        ramp_steps = self.config.joint.ramp_steps
+        if ramp_steps > 1:  # the edits reach the training images over ramp_steps steps (joint.ramp)
+            after = [self.images.uint8(i)[..., :3].to(self.images.device) for i in job.indices]
+            self.ramp = TargetRamp(step, ramp_steps, job.indices, before, after)
+            self.ramp.apply(self.images, step)
         self.updates += 1
         self.last_update_step = step
         self.progress.finished()

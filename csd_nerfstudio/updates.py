@@ -35,10 +35,13 @@ class EditJob:
     warps: Optional[Warps] = None  # the views' depth warps (edit.align depth, csd_nerfstudio.warps), for csd
 
 
-def _latents(g: IP2PGuidance, job: EditJob, cfg: EditConfig) -> Tuple[Tensor, Tensor]:
+def _latents(g: IP2PGuidance, job: EditJob, cfg: EditConfig, renders: bool = True) -> Tuple[Tensor, Tensor]:
+    """The photos' and the renders' latents; without ``renders`` the second is the first (not encoded again)."""
     tile = cfg.vae_tile or None
     source = g.encode_images(job.originals.to(g.device), max_batch=cfg.max_batch, tile=tile,
                              overlap=cfg.vae_overlap).float()
+    if not renders:
+        return source, source
     target = g.encode_images(job.renders.to(g.device), max_batch=cfg.max_batch, tile=tile,
                              overlap=cfg.vae_overlap).float()
     return source, target
@@ -57,8 +60,8 @@ def csd_update(g: IP2PGuidance, job: EditJob, cfg: EditConfig, text_emb: Tensor,
     ``cfg.steps`` SGD steps. With ``carry < 1`` repeated updates settle instead of adding up. ``on_step(s)`` is
     called after each step (progress). With ``job.warps`` the kernel mixes aligned scores (csd2d.align)."""
     n = len(job.indices)
-    source, render = _latents(g, job, cfg)
-    target = torch.lerp(source, render, carry)
+    source, render = _latents(g, job, cfg, renders=carry > 0)
+    target = torch.lerp(source, render, carry)  # a new tensor: the source stays the photos'
     with torch.no_grad():
         optimize_latents(g, target, source, text_emb.float().expand(n, -1, -1),
                          source_emb.float().expand(n, -1, -1), cfg, generator=generator, on_step=on_step,

@@ -132,13 +132,25 @@ def test_max_batch_chunks_give_the_same_joint_edit(scene):
 # ------------------------------------------------------------------------------------------- in a run
 @pytest.mark.slow
 def test_each_round_edits_every_view_once_after_the_pretraining(scene, tmp_path, monkeypatch):
-    rounds = []
+    import csd_nerfstudio.pipeline as pipeline_module
+
+    rounds, renders = [], []
+    render_view = pipeline_module.render_view
+
+    def counted(model, camera, index, **kwargs):
+        renders.append((len(rounds), index))
+        return render_view(model, camera, index, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "render_view", counted)
     cfg = joint_config(scene, tmp_path, iterations=2 + 2 * 3, rounds=2)
     trainer = trained(cfg, monkeypatch, rounds)
     pipe = trainer.pipeline
     n = len(pipe.images)
     assert [step for step, _ in rounds] == [2, 5]  # at the end of the pretraining, then fit_steps later
     assert all(changed == list(range(n)) for _, changed in rounds)
+    # the first round edits the photos and renders nothing; the second starts from every view's render
+    assert renders == [(1, i) for i in range(n)]
+    assert pipe.round_seconds[0]["render"] < pipe.round_seconds[1]["render"]
     assert pipe.edited_views == [list(range(n))] * 2 and pipe.updates == 2
     assert "joint round 2/2: 9 views edited together" in pipe.progress.lines[-1]
     assert "joint round 2/2" in pipe.status_text()
@@ -271,3 +283,68 @@ def test_ctrl_c_during_a_joint_round_gives_it_up_and_saves(scene, tmp_path, monk
 
     assert json.loads(bytes(state["_csd.meta"].tolist()).decode())["updates"] == 0
 
+
+
+def _recording_training_images(monkeypatch, record):
+    """Record, at each training step, the images the step trains on (after the pipeline's own edits and ramp)."""
+    from nerfstudio.pipelines.base_pipeline import VanillaPipeline
+
+    original = VanillaPipeline.get_train_loss_dict
+
+    def spy(self, step):
+        record[step] = [self.images.get(i).clone() for i in range(len(self.images))]
+        return original(self, step)
+
+    monkeypatch.setattr(VanillaPipeline, "get_train_loss_dict", spy)
+
+
+@pytest.mark.slow
+def test_a_round_s_edits_reach_the_training_images_over_the_ramp(scene, tmp_path, monkeypatch):
+    """joint.ramp 1 with 4 fit steps: the round's 4 steps train on photo + k/4 · (edit − photo), k = 1…4, to 8
+    bits; the edit itself from the fourth on, and it is what the run ends with."""
+    seen = {}
+    _recording_training_images(monkeypatch, seen)
+    trainer = trained(joint_config(scene, tmp_path, iterations=2 + 4, rounds=1, fit_steps=4, ramp=1.0))
+    pipe = trainer.pipeline
+    assert pipe.config.joint.ramp_steps == 4 and pipe.ramp is None
+    photos = [pipe.images.original(i) for i in range(len(pipe.images))]
+    edits = [pipe.images.get(i) for i in range(len(pipe.images))]
+    assert all((e - p).abs().max() > 0.05 for e, p in zip(edits, photos))  # the edit moved every view
+    assert all(torch.equal(seen[1][i], photos[i]) for i in range(len(photos)))  # pretraining: the photos
+    for k, step in enumerate(range(2, 6), 1):
+        for i in range(len(photos)):
+            torch.testing.assert_close(seen[step][i], torch.lerp(photos[i], edits[i], k / 4),
+                                       atol=1 / 255 + 1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_during_a_ramp_resumes_the_same_blend(scene, tmp_path, monkeypatch):
+    """Stopped halfway through a round's ramp: the checkpoint's views and OUTPUT/edited hold the round's edits (not
+    the blend), and the resumed run trains on the blend's next steps and ends on the same edits as a run that was
+    never stopped."""
+    whole = trained(joint_config(scene, tmp_path / "whole", iterations=2 + 4, rounds=1, fit_steps=4, ramp=1.0))
+    edits = [whole.pipeline.images.get(i) for i in range(len(whole.pipeline.images))]
+    first = trained(joint_config(scene, tmp_path / "a", iterations=2 + 2, rounds=1, fit_steps=4, ramp=1.0))
+    pipe = first.pipeline
+    assert pipe.ramp is not None and pipe.ramp.share(3) == 0.5
+    for i, out in enumerate(pipe.edited_images()):  # the product is the edit, not the blend
+        torch.testing.assert_close(out[..., :3].float() / 255, edits[i], atol=1 / 255 + 1e-6, rtol=0)
+    (ckpt,) = sorted(first.checkpoint_dir.glob("step-*.ckpt"))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["pipeline"]
+    photos = [pipe.images.original(i) for i in range(len(pipe.images))]
+    for i in range(len(photos)):
+        torch.testing.assert_close(state[f"_csd.view.{i}"].float() / 255, edits[i], atol=1 / 255 + 1e-6, rtol=0)
+        assert torch.equal(state[f"_csd.ramp.{i}"].float() / 255, photos[i])
+    seen = {}
+    _recording_training_images(monkeypatch, seen)
+    cfg = joint_config(scene, tmp_path / "b", iterations=2, rounds=1, fit_steps=4, ramp=1.0)
+    cfg.load_dir = first.checkpoint_dir
+    second = trained(cfg)  # steps 4-5
+    assert sorted(seen) == [4, 5]
+    for k, step in ((3, 4), (4, 5)):
+        for i in range(len(photos)):
+            torch.testing.assert_close(seen[step][i], torch.lerp(photos[i], edits[i], k / 4),
+                                       atol=2 / 255 + 1e-6, rtol=0)
+    assert second.pipeline.ramp is None and second.pipeline.updates == 1
+    for i in range(len(photos)):
+        torch.testing.assert_close(second.pipeline.images.get(i), edits[i], atol=1 / 255 + 1e-6, rtol=0)
