@@ -147,8 +147,9 @@ def _clock(seconds: float) -> str:
 
 
 class JointProgress:
-    """What a joint round reports while it runs: "rendering views k/K", then "editing views 1–K/K together, CSD
-    step s/S", each with an ETA of the round, on the console (a line at each tenth of each phase) and through
+    """What a joint round reports while it runs: "rendering views k/K" (or, in the first round, which edits the
+    photos, "starts from the photos"), then "editing views 1–K/K together, CSD step s/S", each with an ETA of the
+    round, on the console (a line at each tenth of each phase) and through
     ``show`` (the viewer's status line, at every view and step).
 
     nerfstudio's own ETA counts training steps and knows nothing of a round that holds one step for minutes (IN2N

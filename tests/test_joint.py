@@ -107,6 +107,10 @@ def test_progress_names_the_views_and_an_eta_of_the_edit(monkeypatch):
     second = JointProgress(1, 2, views=30, steps=20, say=said.append, show=shown.append)
     second.rendered(1)
     assert "rendering views 1/30, ETA 0:" in shown[-1]  # the first round's step time makes an ETA
+    photos = JointProgress(0, 2, views=30, steps=20, say=said.append, show=shown.append)
+    photos.from_photos()  # a round that edits the photos renders nothing, and says so
+    assert "joint round 1/2: starts from the photos (30 views, nothing to render), ETA 0:" in shown[-1]
+    assert photos.render_seconds < 1.0 and said[-1] == f"csd-edit: {shown[-1]}"
 
 
 def test_max_batch_chunks_give_the_same_joint_edit(scene):
