@@ -55,7 +55,7 @@ class DemoArgs:
     arms: List[str] = dataclasses.field(default_factory=lambda: ["joint", "in2n"])
     """Arms to compare (see csd_nerfstudio.evaluate.ARMS). joint, csd-edit-fast's schedule, is the one that wins
     on "make it night" (python -m csd_nerfstudio.evaluate at matched strength, 3 seeds, 64 px): it kept the face
-    scene where the iterative csd update collapsed, and on the textured scene its edit inconsistency was 0.0098 at a
+    scene where the iterative csd update collapsed, and on the textured scene its edit inconsistency was 0.0094 at a
     darkening of 0.93 against the iterative update's 0.0126 at 0.84 (README)."""
     seed: int = 0
     """Seed of the scene's fit and of the edits."""
