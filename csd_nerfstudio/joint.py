@@ -1,15 +1,16 @@
 """The joint schedule (``--pipeline.schedule joint``): every chosen view edited together by CSD, then a short fit.
 
-When editing starts, the scene renders every training view (or ``--pipeline.joint.views K`` of them, spread over
-the cameras) and edits them all in one CSD-Edit run: N is all of them and the kernel spans all of them, while the
-UNet works through them in ``edit.max_batch`` chunks, so its memory does not grow with N. The edits are written
-back and the scene trains on them for ``joint.fit-steps`` steps. Each later round (``joint.rounds``) starts from
-the scene's renders again (through ``joint.carry``) at a lower ``t_max``, as DGE (Chen et al. 2024) re-edits its
-views with less noise each round. The fast peers (GaussCtrl, DGE) share this shape: edit many views once, then
+When editing starts, every training view (or ``--pipeline.joint.views K`` of them, spread over the cameras) is
+edited from its photo in one CSD-Edit run (this first round renders nothing): N is all of them and the kernel
+spans all of them, while the UNet works through them in ``edit.max_batch`` chunks, so its memory does not grow
+with N. The edits are written back, reaching the training images over ``joint.ramp`` of the fit steps
+(:class:`TargetRamp`), and the scene trains on them for ``joint.fit-steps`` steps. Each later round
+(``joint.rounds``) renders the views and starts from the renders (through ``joint.carry``) at a lower ``t_max``,
+as DGE (Chen et al. 2024) re-edits its views with less noise each round. The fast peers (GaussCtrl, DGE) share this shape: edit many views once, then
 fit for 1,000–1,500 steps; CSD's kernel makes the many views one joint edit.
 
-This module holds the schedule's settings, which views a round edits, each round's timestep range and start, and
-the progress a round reports; :class:`csd_nerfstudio.pipeline.CSDPipeline` runs the rounds.
+This module holds the schedule's settings, which views a round edits, each round's timestep range and start, the
+ramp of its edits into the training images and the progress a round reports; :class:`csd_nerfstudio.pipeline.CSDPipeline` runs the rounds.
 """
 
 from __future__ import annotations
