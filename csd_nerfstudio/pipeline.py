@@ -351,14 +351,14 @@ class CSDPipeline(VanillaPipeline):
         in_flight = 1 if self._pending is not None else 0
         meta = {"version": 1, "updates": self.updates - in_flight, "edited_views": self.edited_views,
                 "edit_start": self.edit_start, "finished": self.finished, "last_update_step": self.last_update_step}
+        if self.ramp is not None:
+            meta["ramp"] = self.ramp.meta()
         state = {f"{p}meta": torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8),
                  f"{p}rng": torch.get_rng_state()}
         if self.images is not None:
             for i in self.images.edited():
                 state[f"{p}view.{i}"] = self.images.uint8(i)[..., :3].contiguous()
         if self.ramp is not None:  # the round's edits as the views, what they ramp from beside them
-            meta["ramp"] = self.ramp.meta()
-            state[f"{p}meta"] = torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8)
             for i, before, after in zip(self.ramp.indices, self.ramp.before, self.ramp.after):
                 state[f"{p}view.{i}"] = after.cpu().contiguous()
                 state[f"{p}ramp.{i}"] = before.cpu().contiguous()
@@ -567,34 +567,34 @@ class CSDPipeline(VanillaPipeline):
         indices = self.select_views(update) if indices is None else indices
         renders, originals, sizes, cameras, depths = [], [], [], [], []
         align = self.config.edit.align == "depth"  # refused with in2n (CSDPipelineConfig._validate)
-        if not self.needs_renders(update):
-            for i in indices:
-                originals.append(self._original(i, self._edit_size(self._camera(i)), "cpu"))
-                sizes.append(tuple(self.images.originals[i].shape[:2]))
-            photos = torch.cat(originals)
-            return EditJob(update, indices, photos, photos, sizes)
+        render = self.needs_renders(update)
         self.model.eval()
         try:
             for k, i in enumerate(indices, 1):
                 camera = self._camera(i)
                 size = self._edit_size(camera)
+                originals.append(self._original(i, size, self.device))
+                sizes.append(tuple(self.images.originals[i].shape[:2]))
+                if not render:
+                    continue
                 out = render_view(self.model, camera, i, chunk=self.config.render_chunk, with_depth=align)
                 rgb = out[0] if align else out
                 if align:
                     cameras.append(camera)
                     depths.append(out[1])
                 renders.append(resize(rgb[None], size))
-                originals.append(self._original(i, size, renders[-1].device))
-                sizes.append(tuple(self.images.originals[i].shape[:2]))
                 if on_render is not None:
                     on_render(k)
         finally:
             self.model.train()
+        photos = torch.cat(originals).cpu()
+        if not render:
+            return EditJob(update, indices, photos, photos, sizes)
         warps = None
         if align:
             edit_size = tuple(renders[0].shape[-2:])
             warps = self._view_geometry(cameras, depths, [edit_size] * len(indices), indices)
-        return EditJob(update, indices, torch.cat(renders).cpu(), torch.cat(originals).cpu(), sizes, warps=warps)
+        return EditJob(update, indices, torch.cat(renders).cpu(), photos, sizes, warps=warps)
 
     def run_job(self, job: EditJob, on_step: Optional[Callable[[int], None]] = None) -> Tensor:
         """Edit the job's renders (the configured update); returns edited images ``[N, 3, h, w]`` in [0, 1] (CPU).
@@ -639,10 +639,11 @@ class CSDPipeline(VanillaPipeline):
         except RoundStopped as stopped:
             CONSOLE.print(f"csd-edit: {stopped}; nothing of it is written, and a resumed run makes it again")
             return
-        before = [self.images.uint8(i)[..., :3].to(self.images.device) for i in job.indices]
+        ramp_steps = self.config.joint.ramp_steps  # the edits reach the training images over these steps
+        if ramp_steps > 1:
+            before = [self.images.uint8(i)[..., :3].to(self.images.device) for i in job.indices]
         self.apply_job(job, edited)
-        ramp_steps = self.config.joint.ramp_steps
-        if ramp_steps > 1:  # the edits reach the training images over ramp_steps steps (joint.ramp)
+        if ramp_steps > 1:
             after = [self.images.uint8(i)[..., :3].to(self.images.device) for i in job.indices]
             self.ramp = TargetRamp(step, ramp_steps, job.indices, before, after)
             self.ramp.apply(self.images, step)
