@@ -32,6 +32,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from .models import CSDNerfactoModelConfig, CSDSplatfactoModelConfig
+from .joint import JointConfig
 from .pipeline import CSDPipelineConfig
 from .trainer import CSDTrainerConfig
 
@@ -171,17 +172,15 @@ def _csd_edit_paper() -> TrainerConfig:
     return dataclasses.replace(base, method_name="csd-edit-paper", pipeline=pipeline)
 
 
-FAST_ROUNDS = 2
-"""csd-edit-fast's joint rounds (--pipeline.joint.rounds). Our measurement (face scene at 64 px, 30 views,
-csd-edit-tiny-fast, lr 0.05, one seed; the README's joint schedule): a second round from the renders at half the
-noise turned one round's 80° hue into 106° at less cross-view spread per degree (0.0081 against 0.0072 in all),
-and the scene fitted its edits at 31.1 dB instead of 25.7."""
-FAST_FIT_STEPS = 750
+FAST_ROUNDS = JointConfig.rounds
+"""csd-edit-fast's joint rounds (--pipeline.joint.rounds): the joint schedule's default, one
+(:attr:`csd_nerfstudio.joint.JointConfig.rounds` names the measurement)."""
+FAST_FIT_STEPS = 1500
 """csd-edit-fast's training steps after each round: 1,500 in all, the upper end of the peers' 1,000–1,500 steps
 of fitting after their edit (GaussCtrl, DGE)."""
-TINY_FAST_FIT_STEPS = 100
+TINY_FAST_FIT_STEPS = 200
 """csd-edit-tiny-fast's steps after each round: 200 in all, as the evaluation's 200 editing steps (our
-measurement, see FAST_ROUNDS)."""
+measurement, see JointConfig.rounds)."""
 
 
 FAST_NORMALIZATION = "row"

@@ -36,7 +36,7 @@ DEMO_PRETRAIN_STEPS = 500
 """Steps that fit the demo scene (our measurement on 2 cores: 500 steps on 30 views reach 20.4 dB against the
 photos and the whole 3D demo takes 5.5 min; 600 steps on 40 views reached 21.2 dB but took 8.5 min)."""
 DEMO_EDIT_STEPS = 120
-"""Editing steps per arm: 2 joint rounds of 60 fit steps, or 12 updates at csd-edit-tiny's edit rate of 10 (our
+"""Editing steps per arm: one joint round and 120 fit steps, or 12 updates at csd-edit-tiny's edit rate of 10 (our
 choice, to fit the demo's time)."""
 DEMO_PATH_FRAMES = 24
 """Frames of the turntable GIF."""

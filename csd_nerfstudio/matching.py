@@ -103,8 +103,9 @@ def _relative_error(strength: float, target: float) -> float:
 
 def match_arm(measure: Callable[[float, int], Dict], knob: str, start: float, target: float,
               reference_mean: float, seeds: Sequence[int], tries: int,
-              tolerance: float = STRENGTH_TOLERANCE) -> Dict:
-    """Search ``knob`` from ``start`` on ``seeds[0]`` until ``measure(value, seed)["strength"]`` is within
+              tolerance: float = STRENGTH_TOLERANCE, key: str = "strength") -> Dict:
+    """Search ``knob`` from ``start`` on ``seeds[0]`` until ``measure(value, seed)[key]`` (the renders'
+    ``strength``, or the edits' ``edits_strength``; the record calls either one ``strength``) is within
     ``tolerance`` of ``target`` (REF's strength on that seed), in at most ``tries`` runs
     (:func:`csd2d.compare.match_learning_rate`); then run the other seeds at the value found.
 
@@ -123,7 +124,7 @@ def match_arm(measure: Callable[[float, int], Dict], knob: str, start: float, ta
     def run(value: float):
         value = float(f"{value:.4g}")  # the value that names the run's folder
         metrics = measure(value, seeds[0])
-        strength = metrics.get("strength")
+        strength = metrics.get(key)
         record.append({"value": value, "strength": strength, **({"error": True} if "error" in metrics else {})})
         return (strength if strength is not None else 0.0), (value, metrics)
 
@@ -132,7 +133,7 @@ def match_arm(measure: Callable[[float, int], Dict], knob: str, start: float, ta
     result["seeds"][seeds[0]] = first
     for seed in seeds[1:]:
         result["seeds"][seed] = measure(value, seed)
-    ok = [m["strength"] for m in result["seeds"].values() if "error" not in m]
+    ok = [m[key] for m in result["seeds"].values() if "error" not in m]
     if not ok:
         result["reason"] = "every run at the value found failed"
         return result

@@ -89,6 +89,12 @@ def test_view_metrics_rank_consistent_edits_and_catch_destroyed_scenes():
     assert mixed_base["edit_inconsistency"] > 10 * m_base["edit_inconsistency"]
     colour_map = affine_colour_map(photos[0], same[0])
     assert torch.allclose(apply_colour_map(photos[0], colour_map), same[0], atol=0.08)
+    # The edits before the fit: read from the training images, whatever the renders are.
+    agreeing, disagreeing = view_metrics(mixed, photos, same, "recolor it"), view_metrics(same, photos, mixed,
+                                                                                          "recolor it")
+    assert agreeing["edits_inconsistency"] < 0.2 * disagreeing["edits_inconsistency"]
+    assert agreeing["edits_inconsistency"] == pytest.approx(m_same["inconsistency"])
+    assert abs(agreeing["edits_strength"] - 80) < 15
 
 
 def test_overrides_parse_and_bad_ones_are_named():
@@ -168,3 +174,29 @@ def test_csd_edits_a_scene_more_consistently_than_independent_editing(tmp_path):
     means = {arm: report["arms"][arm]["mean"] for arm in ("csd", "independent")}
     assert means["csd"]["fit_psnr"] > means["independent"]["fit_psnr"]
     assert all(abs(csd[s]["strength"]) > 10 for s in seeds)  # an edit happened
+
+
+@pytest.mark.slow
+def test_joint_edits_views_more_consistently_than_with_the_kernel_off_at_matched_strength(tmp_path):
+    """Issue 20's direction test at a CI size: on the project's textured scene (12 views), the joint schedule's
+    edits agree better across views than the same schedule's with the kernel off, once the kernel-off arm's lr is
+    searched to the joint arm's edit strength (``match_on="edits"``); two seeds, both must win. It reads the edits (``edits_inconsistency``,
+    the training images against the photos), which the seed decides; the renders after the short fit scatter
+    from run to run by about as much as the kernel's gain there (the evaluate module's docstring). Matched on the
+    edits, the search and the comparison repeat exactly. Our measurement at this size: 0.0427 / 0.0447 against
+    0.0455 / 0.0476 at 42–43° (0.94×); matched on the renders, 0.89× (20 views: 0.90×)."""
+    from csd_nerfstudio.scenes import write_textured_scene
+
+    scene = write_textured_scene(tmp_path / "scene", views=12, size=64, seed=0)
+    seeds = [0, 1]
+    report = evaluate.run_eval(evaluate.EvalArgs(
+        data=scene, output=tmp_path / "eval", arms=["joint", "joint-independent"], seeds=seeds, pretrain_steps=200,
+        iterations=60, path_frames=2, isolate=False, match_strength="joint", match_tries=3, match_on="edits"))
+    off = report["arms"]["joint-independent"]
+    assert off["match"]["matched"], off["match"]
+    joint, off = report["arms"]["joint"]["seeds"], off["seeds"]
+    for s in seeds:
+        assert abs(joint[s]["edits_strength"]) > 10, joint[s]  # an edit happened
+        assert abs(off[s]["edits_strength"] / joint[s]["edits_strength"] - 1) < 0.1, (joint[s], off[s])
+        assert joint[s]["edits_inconsistency"] < 0.97 * off[s]["edits_inconsistency"], (s, joint[s], off[s])
+    assert report["ratios"]["edits_inconsistency joint / joint-independent"] < 0.96

@@ -75,6 +75,10 @@ def test_search_lands_within_tolerance_or_says_unmatched():
     # A run that fails ends the search and the arm is unmatched.
     failed = matching.match_arm(lambda lr, seed: {"error": "boom"}, "edit.lr", 0.1, 0.5, 0.5, [0], tries=4)
     assert not failed["matched"] and failed["tries"] == [{"value": 0.1, "strength": None, "error": True}]
+    # Matching the edits (key): the search follows that figure and ignores the renders' strength.
+    on_edits = matching.match_arm(lambda lr, seed: {"strength": 0.9, "edits_strength": _luma_drop(lr, 20.0)},
+                                  "edit.lr", 0.1, target, target, [0], tries=4, key="edits_strength")
+    assert on_edits["matched"] and on_edits["value"] == found["value"]
 
 
 def test_the_knob_follows_the_update_not_the_arm_name():
