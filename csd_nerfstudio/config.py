@@ -9,7 +9,7 @@ Registered through the ``nerfstudio.method_configs`` entry point:
 - ``csd-edit-tiny``: a small nerfacto, the embedded diffusion model and no LPIPS: sized for a CPU and tests.
 - ``csd-edit-paper``: the paper's 3D schedule (Appendix D): 16 random views every 2,000 steps after a 30k pretrain.
 - ``csd-edit-fast``: csd-edit with the joint schedule (:mod:`csd_nerfstudio.joint`): every training view edited
-  together when the pretraining ends, then a short fit, in rounds.
+  together when the pretraining ends, then a 1,500-step fit (one round; --pipeline.joint.rounds adds more).
 - ``csd-edit-tiny-fast``: csd-edit-tiny with the joint schedule.
 - ``csd-edit-splat-tiny``: csd-edit-splat sized for a CPU as csd-edit-tiny is: few Gaussians, 64 px views, the
   embedded model.
