@@ -407,8 +407,7 @@ def _markdown(report: Dict) -> str:
         lines += ["", "Not compared:", ""] + [f"- {a}: {r}" for a, r in report["excluded_from_ratios"].items()]
     searched = {a: e["match"] for a, e in report["arms"].items() if e.get("match", {}).get("knob")}
     if searched:
-        on = next(iter(searched.values())).get("on", "renders")
-        lines += ["", f"Matched strength of the {on} (reference {ref}; tries on seed {report['seeds'][0]}, value → "
+        lines += ["", f"Matched strength of the {report.get('match_on', 'renders')} (reference {ref}; tries on seed {report['seeds'][0]}, value → "
                   "strength):", ""]
         for arm, match in searched.items():
             tries = ", ".join(f"{t['value']:.4g} → " + ("failed" if t.get("error") else f"{t['strength']:.4g}")
@@ -462,6 +461,9 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
         raise ValueError(f"--match-strength: expected one of the --arms {args.arms}, got {args.match_strength!r}")
     if args.match_tries < 1:
         raise ValueError(f"--match-tries: expected a number of runs >= 1, got {args.match_tries}")
+    strength_keys = {"renders": "strength", "edits": "edits_strength"}  # what --match-on reads of the metrics
+    if args.match_on not in strength_keys:
+        raise ValueError(f"--match-on: expected one of {list(strength_keys)}, got {args.match_on!r}")
     settings = {"prompt": args.prompt, "diffusion_model": args.model, **parse_overrides(args.set)}
     base_cfg = method_config(args.method, args.data, args.output, 1, settings)  # validates method and settings
     pretrain = base_cfg.pipeline.pretrain_steps if args.pretrain_steps is None else args.pretrain_steps
@@ -530,6 +532,9 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
     for arm in args.arms:
         report["arms"][arm] = {"settings": arm_settings(arm, iterations), "seeds": {}}
     ref = args.match_strength
+    if ref:
+        report["match_on"] = args.match_on
+    key = strength_keys[args.match_on]
     for arm in ([ref] + [a for a in args.arms if a != ref]) if ref else args.arms:
         entry = report["arms"][arm]
         if ref and arm != ref:
@@ -537,7 +542,6 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
             pipeline = method_config(args.method, args.data, args.output, 1,
                                      {**settings, **arm_settings(arm, iterations)}).pipeline
             knob = matching.strength_knob(pipeline)
-            key = {"renders": "strength", "edits": "edits_strength"}[args.match_on]
             ref_ok = [m[key] for m in ref_seeds.values() if "error" not in m]
             first = ref_seeds.get(args.seeds[0], {})
             match = matching.match_arm(lambda value, seed: measure(arm, seed, {knob: value}), knob,
@@ -545,7 +549,7 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
                                        float(np.mean(ref_ok)) if ref_ok else 0.0, args.seeds, args.match_tries,
                                        key=key)
             entry["seeds"] = match.pop("seeds")
-            entry["match"] = {**match, "on": args.match_on}
+            entry["match"] = match
             print(f"[evaluate] {arm}: {knob} {match['value']:.4g}, "
                   + ("matched" if match["matched"] else f"unmatched ({match['reason']})"), flush=True)
         else:

@@ -5,8 +5,8 @@ edited from its photo in one CSD-Edit run (this first round renders nothing): N 
 spans all of them, while the UNet works through them in ``edit.max_batch`` chunks, so its memory does not grow
 with N. The edits are written back, reaching the training images over ``joint.ramp`` of the fit steps
 (:class:`TargetRamp`), and the scene trains on them for ``joint.fit-steps`` steps. Each later round
-(``joint.rounds``; one round by default) renders the views and starts from the renders (through ``joint.carry``) at a lower ``t_max``,
-as DGE (Chen et al. 2024) re-edits its views with less noise each round. The fast peers (GaussCtrl, DGE) share this shape: edit many views once, then
+(``joint.rounds``; one round by default) renders the views and starts from the renders (through
+``joint.carry``) at a lower ``t_max``, as DGE (Chen et al. 2024) re-edits its views with less noise each round. The fast peers (GaussCtrl, DGE) share this shape: edit many views once, then
 fit for 1,000–1,500 steps; CSD's kernel makes the many views one joint edit.
 
 This module holds the schedule's settings, which views a round edits, each round's timestep range and start, the

@@ -166,7 +166,8 @@ class CSDPipelineConfig(VanillaPipelineConfig):
     """When views are edited. iterative: every edit-rate steps, edit.batch views (IN2N's dataset update, with CSD
     over N views). joint: every training view (or --pipeline.joint.views K) together in one CSD-Edit run when
     editing starts, then --pipeline.joint.fit-steps of training; later rounds (--pipeline.joint.rounds, one by
-    default) re-edit at less noise (csd_nerfstudio.joint). With update in2n, joint edits every view with IN2N's DDIM edit, each on its own."""
+    default) re-edit at less noise (csd_nerfstudio.joint). With update in2n, joint edits every view with IN2N's
+    DDIM edit, each on its own."""
     joint: JointConfig = field(default_factory=JointConfig)
     """The joint schedule's rounds, fit steps, views and noise (--pipeline.joint.*)."""
     view_selection: Literal["neighbours", "random"] = "neighbours"
@@ -573,7 +574,7 @@ class CSDPipeline(VanillaPipeline):
             for k, i in enumerate(indices, 1):
                 camera = self._camera(i)
                 size = self._edit_size(camera)
-                originals.append(self._original(i, size, self.device))
+                originals.append(self._original(i, size, self.device if render else "cpu"))
                 sizes.append(tuple(self.images.originals[i].shape[:2]))
                 if not render:
                     continue

@@ -180,8 +180,8 @@ def test_csd_edits_a_scene_more_consistently_than_independent_editing(tmp_path):
 def test_joint_edits_views_more_consistently_than_with_the_kernel_off_at_matched_strength(tmp_path):
     """Issue 20's direction test at a CI size: on the project's textured scene (12 views), the joint schedule's
     edits agree better across views than the same schedule's with the kernel off, once the kernel-off arm's lr is
-    searched to the joint arm's edit strength (``match_on="edits"``); two seeds, both must win. It reads the edits (``edits_inconsistency``,
-    the training images against the photos), which the seed decides; the renders after the short fit scatter
+    searched to the joint arm's edit strength (``match_on="edits"``); two seeds, both must win. It reads the
+    edits (``edits_inconsistency``, the training images against the photos), which the seed decides; the renders after the short fit scatter
     from run to run by about as much as the kernel's gain there (the evaluate module's docstring). Matched on the
     edits, the search and the comparison repeat exactly. Our measurement at this size: 0.0427 / 0.0447 against
     0.0455 / 0.0476 at 42–43° (0.94×); matched on the renders, 0.89× (20 views: 0.90×)."""

@@ -193,6 +193,10 @@ def test_match_strength_must_name_an_arm(tmp_path):
     assert not (tmp_path / "eval").exists()  # refused before anything ran
     assert evaluate.main(["--data", str(scene), "--output", str(tmp_path / "e"), "--arms", "csd",
                           "--match-strength", "in2n"]) == 2
+    odd = dataclasses.replace(args, match_strength="csd", match_on="photos")
+    with pytest.raises(ValueError, match=r"--match-on: expected one of \['renders', 'edits'\], got 'photos'"):
+        evaluate.run_eval(odd)
+    assert not (tmp_path / "eval").exists()
 
 
 # ------------------------------------------------------------------------------------------- end to end
