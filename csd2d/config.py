@@ -35,6 +35,7 @@ __all__ = [
     "Normalization",
     "PanoramaAlign",
     "VideoAlign",
+    "Noise",
     "PRESET_DIR",
     "MIN_VAE_TILE",
     "load_preset",
@@ -60,6 +61,11 @@ rescaled so the mean step keeps its size at any N) or by the particle count N (`
 PanoramaAlign = typing.Literal["none", "offsets"]
 """How a panorama step's kernel mixes the windows' scores: pixel for pixel (``none``) or each window's score moved
 onto the others' pixels by the windows' known offsets, where they overlap (``offsets``; :mod:`csd2d.align`)."""
+
+Noise = typing.Literal["independent", "shared"]
+"""How a CSD step noises its particles: each its own draw (``independent``, the official code's) or one draw that
+every particle shares (``shared``), so that the kernel's distances between noisy latents are the distances between
+the latents themselves, scaled by ``sqrt(ᾱ_t)``, and not mostly the noise's."""
 
 VideoAlign = typing.Literal["none", "flow"]
 """How a video chunk's kernel mixes the frames' scores: pixel for pixel (``none``) or each frame's score moved onto
@@ -137,6 +143,9 @@ class StepConfig:
     (csd_nerfstudio.evaluate's joint-aligned arm): pixel-for-pixel mixing got worse with a wider kernel, aligned
     mixing better (face scene, joint schedule, 'recolor it', seed 0: edit inconsistency 0.0186 at 117° unaligned
     against 0.0109 at 123° aligned, both at 16; 0.0127 at 121° unaligned at 1)."""
+    noise: Noise = "independent"
+    """How the particles are noised in a step (:data:`Noise`): independent draws (the official code's; panoramas
+    crop one draw, which is shared where windows overlap) or one shared draw. Source: official code (independent); the joint schedule's measurement is in csd_nerfstudio.config."""
     max_batch: Optional[int] = None
     """Largest UNet batch; the 6 × N guidance evaluations are split into chunks of this size to cap memory.
     None: one call. Ours (a memory control; results are the same)."""
@@ -157,6 +166,8 @@ class StepConfig:
         _require("repulsion", self.repulsion >= 0, "a weight >= 0", self.repulsion)
         _require("normalization", self.normalization in typing.get_args(Normalization),
                  f"one of {list(typing.get_args(Normalization))}", self.normalization)
+        _require("noise", self.noise in typing.get_args(Noise), f"one of {list(typing.get_args(Noise))}",
+                 self.noise)
         _require("bandwidth", self.bandwidth is None or self.bandwidth > 0, "a bandwidth > 0 or None", self.bandwidth)
         _require("bandwidth_scale", self.bandwidth_scale > 0, "a factor > 0", self.bandwidth_scale)
         _require("max_batch", self.max_batch is None or self.max_batch >= 1, "a positive integer or None",

@@ -93,6 +93,10 @@ def csd_edit_step(
             aligned, masked scores (:func:`csd2d.align.aligned_csd_gradient`). None mixes them pixel for pixel.
     """
     config = StepConfig() if config is None else config
+    if noise is None and config.noise == "shared":
+        one = torch.randn((1, *target_latents.shape[1:]), generator=generator,
+                          device=generator.device if generator else "cpu")
+        noise = one.to(target_latents.device).expand_as(target_latents)
     res = guidance.edit_scores(
         target_latents,
         source_latents,

@@ -28,11 +28,12 @@ Metrics (:func:`view_metrics`; renders and photos at the edit resolution, in [0,
   the edits add; ``edit_inconsistency`` removes it. The headline ratios use both.
 - **edits_inconsistency**, **edits_strength**: the same spread and strength for the arm's *edits*, the final
   training images against the photos, before the scene has fitted them. The edits are a deterministic function
-  of the seed; the nerfacto fit that follows is not (two runs of one arm and seed edited identical views and
-  rendered them 3.2 of 255 apart on average, face at 64 px), and its view-dependent colour absorbs part of the
-  edits' disagreement. This is where the kernel acts: on face 'recolor it' (30 views, one joint round at lr
-  0.1, seeds 0 and 1) the kernel's edits spread 0.0155 against 0.0238 with it off at 113–115°, while their
-  renders' ``edit_inconsistency`` came out 0.0118 against 0.0109 (our measurement).
+  of the seed, and on a CPU so is the nerfacto fit that follows (:func:`csd_nerfstudio.benchmark.train_measured`;
+  before it seeded the run, two runs of one arm and seed edited identical views and rendered them 3.2 of 255
+  apart on average, face at 64 px); the fit's view-dependent colour absorbs part of the edits' disagreement.
+  This is where the kernel acts: on face 'recolor it' (30 views, one joint round at lr 0.1, seeds 0 and 1) the
+  kernel's edits spread 0.0155 against 0.0238 with it off at 113–115°, while their renders' ``edit_inconsistency``
+  came out 0.0118 against 0.0109 (our measurement).
 - **strength**: :func:`csd2d.tiny.edits.edit_strength` of the renders against the photos (hue shift in degrees for
   ``recolor it``, relative luma drop for ``make it night``, mean absolute change otherwise).
 - **inconsistency_per_strength**: inconsistency ÷ strength (without ``--match-strength`` the arms are compared
@@ -329,7 +330,7 @@ class EvalArgs:
     match_on: Literal["renders", "edits"] = "renders"
     """What --match-strength matches: the renders' strength (what a user sees), or the edits' (edits_strength,
     the training images before the fit: a function of the seed and the knob alone, so the search repeats
-    exactly; the renders scatter from run to run, see edits_inconsistency)."""
+    exactly; the renders also hold the fit, see edits_inconsistency)."""
 
 
 def _run_child(spec: Dict, log: Path) -> Optional[str]:

@@ -83,3 +83,20 @@ def test_step_matches_the_paper_update(guidance, t, cfg):
     assert scale > 0
     assert torch.allclose(step.grad, ref, atol=1e-4 * scale, rtol=1e-4), (step.grad - ref).abs().max() / scale
 
+
+
+def test_shared_noise_is_one_draw_for_every_particle(guidance):
+    """``noise="shared"``: the step noises every particle with one draw from its generator, so it is the paper's
+    update with that draw repeated (the kernel then sees the latents' own distances, scaled by sqrt(ᾱ_t))."""
+    target, source, emb_t, emb_s, _ = _inputs(guidance, n=3)
+    cfg = StepConfig(noise="shared")
+    t = torch.tensor([300])
+    step = csd_edit_step(guidance, target, source, emb_t, emb_s, cfg, t=t,
+                         generator=torch.Generator().manual_seed(5))
+    one = torch.randn((1, *target.shape[1:]), generator=torch.Generator().manual_seed(5))
+    ref = paper_update(guidance, target, source, emb_t, emb_s, one.expand_as(target), t, cfg).float()
+    scale = ref.abs().max()
+    assert torch.allclose(step.grad, ref, atol=1e-4 * scale, rtol=1e-4), (step.grad - ref).abs().max() / scale
+    independent = csd_edit_step(guidance, target, source, emb_t, emb_s, StepConfig(), t=t,
+                                generator=torch.Generator().manual_seed(5))
+    assert not torch.allclose(independent.grad, ref, atol=1e-2 * scale)
