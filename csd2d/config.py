@@ -145,7 +145,8 @@ class StepConfig:
     against 0.0109 at 123° aligned, both at 16; 0.0127 at 121° unaligned at 1)."""
     noise: Noise = "independent"
     """How the particles are noised in a step (:data:`Noise`): independent draws (the official code's; panoramas
-    crop one draw, which is shared where windows overlap) or one shared draw. Source: official code (independent); the joint schedule's measurement is in csd_nerfstudio.config."""
+    crop one draw, which is shared where windows overlap) or one shared draw. Source: official code (independent);
+    the joint schedule's measurement is in csd_nerfstudio.config."""
     max_batch: Optional[int] = None
     """Largest UNet batch; the 6 × N guidance evaluations are split into chunks of this size to cap memory.
     None: one call. Ours (a memory control; results are the same)."""

@@ -48,7 +48,9 @@ def test_step_split_times_each_part_and_restores_the_code(guidance):
     kernel, forward = csd_module.csd_gradient, guidance.unet.forward
     row = bench_n(guidance, 2, 32, repeats=1)
     assert row["split_unet_s"] > 0 and row["split_kernel_s"] > 0 and row["split_vae_s"] == 0
-    assert row["split_unet_s"] + row["split_kernel_s"] <= row["step_s"] * 5  # the parts belong to the step
+    # the parts are timed inside the split's own step (a structural bound: comparing them with step_s, timed in
+    # another run, failed once on a box shared by three jobs)
+    assert row["split_rest_s"] >= 0
     assert row["overhead"] > 0 and row["unet_rows"] == 12
     assert row["aligned_step_s"] > 0 and "align_cost" in row
     assert csd_module.csd_gradient is kernel and guidance.unet.forward == forward
