@@ -33,7 +33,9 @@ Metrics (:func:`view_metrics`; renders and photos at the edit resolution, in [0,
   apart on average, face at 64 px); the fit's view-dependent colour absorbs part of the edits' disagreement.
   This is where the kernel acts: on face 'recolor it' (30 views, one joint round at lr 0.1, seeds 0 and 1) the
   kernel's edits spread 0.0155 against 0.0238 with it off at 113–115°, while their renders' ``edit_inconsistency``
-  came out 0.0118 against 0.0109 (our measurement).
+  came out 0.0118 against 0.0109 with the unseeded fit, and 0.0098 / 0.0095 against 0.0124 / 0.0116 (seeds 0 /
+  1, 0.80×) from a new base with the deterministic one (our measurement; a perfectly consistent 113° hue rotation
+  renders at 0.0082 there, the metric's floor).
 - **strength**: :func:`csd2d.tiny.edits.edit_strength` of the renders against the photos (hue shift in degrees for
   ``recolor it``, relative luma drop for ``make it night``, mean absolute change otherwise).
 - **inconsistency_per_strength**: inconsistency ÷ strength (without ``--match-strength`` the arms are compared
