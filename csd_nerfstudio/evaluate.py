@@ -211,7 +211,6 @@ def run_arm(spec: Dict) -> None:
     ``cost.json`` into ``spec["dir"]`` (atomically; ``cost.json`` last)."""
     out = Path(spec["dir"])
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(spec["seed"])
     settings = dict(spec["settings"])
     settings["edit.seed"] = spec["seed"]
     if spec["arm"] == "base":

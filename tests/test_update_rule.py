@@ -84,7 +84,6 @@ def test_step_matches_the_paper_update(guidance, t, cfg):
     assert torch.allclose(step.grad, ref, atol=1e-4 * scale, rtol=1e-4), (step.grad - ref).abs().max() / scale
 
 
-
 def test_shared_noise_is_one_draw_for_every_particle(guidance):
     """``noise="shared"``: the step noises every particle with one draw from its generator, so it is the paper's
     update with that draw repeated (the kernel then sees the latents' own distances, scaled by sqrt(ᾱ_t))."""
