@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -105,6 +107,33 @@ def test_learning_rate_matching_reaches_the_target_strength(power):
     assert out == f"out@{scale}" and runs == len(calls) <= 4
     if power == 1.0:
         assert runs == 2 and scale == pytest.approx(60.0 / 7.0)  # one secant step with the linear guess
+
+
+def test_learning_rate_matching_brackets_a_strength_that_is_not_monotone():
+    """IN2N's text guidance on face at 64 px: the hue shift peaks near s_T 6 and falls after it (139° at 7.5, 157°
+    at 6.1, against 35° at 1 and 118° at 2.5). Searching for 113° from 7.5, the search must go below the peak and
+    then close in between a run under the target and one over it."""
+    from csd2d.compare import STRENGTH_TOLERANCE, match_learning_rate
+
+    points = [(1.0, 35.0), (2.5, 118.0), (5.0, 153.0), (6.1, 157.0), (7.5, 139.0), (12.0, 120.0)]
+    xs, ys = np.log([g for g, _ in points]), np.array([h for _, h in points])
+    calls = []
+
+    def run(scale):
+        calls.append(scale)
+        return float(np.interp(math.log(scale), xs, ys)), scale
+
+    scale, strength, out, runs = match_learning_rate(run, target=113.0, scale=7.5, tries=6)
+    assert abs(strength / 113.0 - 1) <= STRENGTH_TOLERANCE, calls
+    assert out == scale and 1.0 < scale < 5.0, calls  # on the rising branch, below the peak
+    assert runs == len(calls) <= 5 and calls[1] == pytest.approx(7.5 * 113 / 139)  # the first step is the secant's
+    # A strength that jumps from almost nothing to saturation (a steep logistic in the knob): the secant overshoots
+    # to the plateau, where it has no slope to follow; the bracket [1, 8] closes in on 50 all the same.
+    calls.clear()
+    steep = lambda scale: (calls.append(scale) or 100 * math.tanh((scale / 2) ** 4), scale)
+    scale, strength, _, runs = match_learning_rate(steep, target=50.0, scale=1.0, tries=8)
+    assert abs(strength / 50.0 - 1) <= STRENGTH_TOLERANCE and runs <= 7, calls
+    assert all(1.0 <= c <= calls[1] for c in calls[2:]), calls  # every step inside the first bracket
 
 
 def test_learning_rate_matching_stops_when_the_edit_did_not_happen():
