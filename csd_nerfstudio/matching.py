@@ -80,8 +80,8 @@ previous one's output): the strength rises with s_T over a wide range, ``make it
 0.87 / 0.93 / 0.95 and ``recolor it`` 35° / 118° / 153° / 150° / 141° at s_T 1 / 2.5 / 5 / 7.5 / 12, while the
 image guidance s_I moves it the other way over a narrower range (night 0.94 / 0.93 / 0.80 / 0.67 at s_I 0.75 /
 1.5 / 3 / 6), and ``in2n_noise_range`` is a pair (no single value to search). The rise is not monotone: the hue
-shift peaks near s_T 6 (face at 64 px, the in2n arm's 200 editing steps, deterministic fits: 157° at 6.1, 139° at 7.5), which
-:func:`csd2d.compare.match_learning_rate` handles by stepping past the peak and then bracketing."""
+shift peaks near s_T 6 (face at 64 px, the in2n arm's 200 editing steps, deterministic fits: 157° at 6.1, 139° at
+7.5), which :func:`csd2d.compare.match_learning_rate` handles by stepping past the peak and then bracketing."""
 
 
 def strength_knob(pipeline) -> str:
