@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import List, Literal, Optional, Tuple
 
@@ -13,7 +14,8 @@ from torch import Tensor
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.splatfacto import SplatfactoModel
 
-__all__ = ["neighbouring_views", "select_views", "view_camera", "render_view", "random_crop", "resize"]
+__all__ = ["neighbouring_views", "select_views", "view_camera", "render_view", "random_crop", "resize",
+           "has_view_appearance"]
 
 Crop = Tuple[int, int, int, int]  # top, left, height, width
 
@@ -59,16 +61,48 @@ def random_crop(height: int, width: int, size: int, multiple: int, generator: to
     return top, left, h, w
 
 
+def has_view_appearance(model) -> bool:
+    """Whether ``model`` holds a per-view appearance embedding (nerfacto's, on by default; splatfacto has none)."""
+    return getattr(getattr(model, "field", None), "embedding_appearance", None) is not None
+
+
+@contextlib.contextmanager
+def _own_appearance(model, on: bool):
+    """Let a nerfacto field in eval mode look up each ray's own camera's appearance embedding (its training-mode
+    path) instead of the mean of all of them; nothing else of the model leaves eval mode."""
+    field = getattr(model, "field", None)
+    if not on or field is None or field.training:
+        yield
+        return
+    field.training = True  # the field's only other training-mode branch is the transient embedding (off)
+    try:
+        yield
+    finally:
+        field.training = False
+
+
 def render_view(model, camera: Cameras, index: int, *, grad: bool = False,
-                crop: Optional[Crop] = None, chunk: Optional[int] = None, with_depth: bool = False):
-    """Render training view ``index`` through ``camera`` (its possibly downscaled copy), with the view's own
-    appearance embedding; ``crop`` renders only that window (ray-based models trace only its rays).
+                crop: Optional[Crop] = None, chunk: Optional[int] = None, with_depth: bool = False,
+                own_appearance: bool = False):
+    """Render training view ``index`` through ``camera`` (its possibly downscaled copy); ``crop`` renders only
+    that window (ray-based models trace only its rays).
+
+    Appearance: a nerfacto model in training mode renders the view with its own appearance embedding; in eval
+    mode with the mean of every view's embedding (``use_average_appearance_embedding``: what the viewer and a
+    camera path show), unless ``own_appearance``. The per-view embeddings can hold what a view's edit disagrees
+    with the others about, which the mean then hides (:mod:`csd_nerfstudio.evaluate`'s ``…_own`` metrics).
     ``grad=False`` renders without a graph in chunks of ``chunk`` rays (None: the model's own
     ``eval_num_rays_per_chunk``, nerfstudio's eval path).
 
     Returns the colour ``[3, h, w]``, or with ``with_depth`` the pair ``(colour, depth [h, w])``: the model's own
     ``depth`` output, detached (distance along the unit ray for nerfacto, camera-space z for splatfacto; see
     :mod:`csd_nerfstudio.warps`)."""
+    with _own_appearance(model, own_appearance):
+        return _render_view(model, camera, index, grad=grad, crop=crop, chunk=chunk, with_depth=with_depth)
+
+
+def _render_view(model, camera: Cameras, index: int, *, grad: bool, crop: Optional[Crop], chunk: Optional[int],
+                 with_depth: bool):
     keys = ("rgb", "depth") if with_depth else ("rgb",)
     if isinstance(model, SplatfactoModel):  # rasterises whole cameras
         with torch.set_grad_enabled(grad):

@@ -87,6 +87,12 @@ def test_view_metrics_rank_consistent_edits_and_catch_destroyed_scenes():
     mixed_base = view_metrics(hue_rotate(base, signs * math.radians(80)), photos, on_base, "recolor it", base)
     assert m_base["edit_inconsistency"] < 0.01 < m_base["inconsistency"]
     assert mixed_base["edit_inconsistency"] > 10 * m_base["edit_inconsistency"]
+    # The same renders with each view's own appearance embedding, which can hold what the mean hides.
+    own = view_metrics(on_base, photos, on_base, "recolor it", base, own_views=hue_rotate(base, signs * math.radians(80)),
+                       base_own_views=base)
+    assert own["edit_inconsistency"] == m_base["edit_inconsistency"]
+    assert own["edit_inconsistency_own"] == pytest.approx(mixed_base["edit_inconsistency"])
+    assert own["fit_psnr_own"] < own["fit_psnr"] - 10
     colour_map = affine_colour_map(photos[0], same[0])
     assert torch.allclose(apply_colour_map(photos[0], colour_map), same[0], atol=0.08)
     # The edits before the fit: read from the training images, whatever the renders are.
@@ -118,6 +124,7 @@ def test_evaluate_writes_report_pictures_and_survives_a_crashed_arm(sphere_scene
     metrics = saved["arms"]["csd"]["seeds"]["0"]
     assert metrics["updates"] == 2 and metrics["unet_samples"] > 0 and metrics["strength"] > 0
     assert metrics["peak_rss_mib"] > 100 and "edit_inconsistency" in metrics
+    assert metrics["edit_inconsistency_own"] > 0 and metrics["fit_psnr_own"] > 0  # own-embedding renders too
     assert report["arms"]["csd"]["mean"]["fit_psnr"] == metrics["fit_psnr"]
     gif = Image.open(out / "path.gif")
     view = (gif.width - GUTTER) // 2  # original | csd side by side, each enlarged, under its label

@@ -268,6 +268,25 @@ def test_update_renders_in_chunks_of_render_chunk_rays_with_the_same_image(spher
         fast_config(sphere_scene, tiny_model_dir, tmp_path, render_chunk=0)
 
 
+def test_own_appearance_renders_each_view_with_its_own_embedding(sphere_scene, tiny_model_dir, tmp_path):
+    """In eval mode nerfacto renders every camera with the mean appearance embedding; ``own_appearance`` renders
+    a training view with its own (what the evaluation's ``…_own`` metrics read) and leaves the model in eval mode."""
+    pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path))
+    model = pipeline.model
+    model.eval()
+    cam0, cam1 = pipeline._camera(0), pipeline._camera(1)
+    before = {k: render_view(model, c, i, own_appearance=own) for k, (c, i, own) in
+              {"own0": (cam0, 0, True), "own1": (cam1, 1, True), "mean1": (cam1, 1, False)}.items()}
+    with torch.no_grad():
+        model.field.embedding_appearance.embedding.weight[0] += 3.0  # view 0's embedding (and so the mean) moves
+    after = {k: render_view(model, c, i, own_appearance=own) for k, (c, i, own) in
+             {"own0": (cam0, 0, True), "own1": (cam1, 1, True), "mean1": (cam1, 1, False)}.items()}
+    assert not model.field.training and not model.training
+    torch.testing.assert_close(after["own1"], before["own1"])  # view 1's own embedding did not change
+    assert (after["own0"] - before["own0"]).abs().max() > 1e-3
+    assert (after["mean1"] - before["mean1"]).abs().max() > 1e-3
+
+
 def test_csd_edit_distills_in_patches_and_tiny_in_whole_views():
     """csd-edit's distill renders 128 px patches (whole 512 px views ran out of memory on an H200); csd-edit-tiny
     renders its 64 px views whole."""
