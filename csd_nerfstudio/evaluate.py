@@ -44,9 +44,10 @@ Metrics (:func:`view_metrics`; renders and photos at the edit resolution, in [0,
   200 fit steps, lr 0.1, seeds 0–2: the kernel-off arm's renders spread 0.0130 with the mean and 0.0227 with
   their own embeddings (its edits 0.0234), the joint arm's 0.0142 and 0.0156 (edits 0.0153), and IN2N's (guidance
   7.5, 128°) 0.0173 and 0.116 (edits 0.123). So the mean-embedding figure measures the scene a user sees, and the
-  own-embedding one how much disagreement the scene absorbed to show it. A scene fitted with
-  ``model.use_appearance_embedding=false`` from its base on has no such place: there the joint arm's renders
-  spread 0.0107 against the kernel-off arm's 0.0138 (0.78×, 114° and 115°).
+  own-embedding one how much disagreement the scene absorbed to show it. A scene fitted without the embeddings
+  from its base on has no such place (csd-edit-tiny's default, ``TINY_APPEARANCE_EMBEDDING``; the renders of both
+  kinds are then the same and only ``views`` is written): there the joint arm's renders spread 0.0107 against the
+  kernel-off arm's 0.0138 (0.78×, 114° and 115°).
 - **strength**: :func:`csd2d.tiny.edits.edit_strength` of the renders against the photos (hue shift in degrees for
   ``recolor it``, relative luma drop for ``make it night``, mean absolute change otherwise).
 - **inconsistency_per_strength**: inconsistency ÷ strength (without ``--match-strength`` the arms are compared

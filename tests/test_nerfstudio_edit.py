@@ -72,6 +72,7 @@ def test_tiny_variant_is_derived_small_and_offline():
     m = tiny.pipeline.model
     assert (m.num_levels, m.log2_hashmap_size, m.max_res, m.hidden_dim) == (8, 15, 256, 32)
     assert (tuple(m.num_proposal_samples_per_ray), m.num_nerf_samples_per_ray, m.lpips) == ((32, 16), 16, False)
+    assert not m.use_appearance_embedding and full.pipeline.model.use_appearance_embedding  # measured; plain loads
     assert tiny.pipeline.datamanager.train_num_rays_per_batch == 512
     assert tiny.pipeline.diffusion_model == "embedded" and tiny.machine.device_type == "cpu"
     assert tiny.max_num_iterations > tiny.pipeline.pretrain_steps > 0
