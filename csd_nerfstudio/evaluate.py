@@ -274,14 +274,17 @@ def view_metrics(views: torch.Tensor, photos: torch.Tensor, train: torch.Tensor,
     strength = edit_strength(views, photos, prompt)
     edits_inconsistency = map_spread([affine_colour_map(p, t) for p, t in zip(photos, train)], pool)
     mapped = torch.stack([apply_colour_map(p, m) for p, m in zip(photos, maps)])
+    def edit_spread(before: torch.Tensor, after: torch.Tensor) -> float:
+        """The spread of the per-view colour maps ``before`` → ``after``, applied to all of ``before``'s pixels."""
+        maps = [affine_colour_map(b, a) for b, a in zip(before, after)]
+        return map_spread(maps, before.permute(1, 0, 2, 3).reshape(3, -1))
+
     extra = {}
     if base_views is not None:
-        base_maps = [affine_colour_map(b, v) for b, v in zip(base_views, views)]
-        extra["edit_inconsistency"] = map_spread(base_maps, base_views.permute(1, 0, 2, 3).reshape(3, -1))
+        extra["edit_inconsistency"] = edit_spread(base_views, views)
         extra["edit_inconsistency_per_strength"] = extra["edit_inconsistency"] / max(abs(strength), 1e-8)
     if own_views is not None and base_own_views is not None:
-        own_maps = [affine_colour_map(b, v) for b, v in zip(base_own_views, own_views)]
-        extra["edit_inconsistency_own"] = map_spread(own_maps, base_own_views.permute(1, 0, 2, 3).reshape(3, -1))
+        extra["edit_inconsistency_own"] = edit_spread(base_own_views, own_views)
         extra["fit_psnr_own"] = _psnr(own_views, train)
     return {
         **extra,

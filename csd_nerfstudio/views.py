@@ -71,7 +71,7 @@ def _own_appearance(model, on: bool):
     """Let a nerfacto field in eval mode look up each ray's own camera's appearance embedding (its training-mode
     path) instead of the mean of all of them; nothing else of the model leaves eval mode."""
     field = getattr(model, "field", None)
-    if not on or field is None or field.training:
+    if not on or not has_view_appearance(model) or field.training:
         yield
         return
     field.training = True  # the field's only other training-mode branch is the transient embedding (off)

@@ -84,12 +84,12 @@ def test_view_metrics_rank_consistent_edits_and_catch_destroyed_scenes():
     base = photos * torch.linspace(0.8, 1.0, 6)[:, None, None, None]
     on_base = hue_rotate(base, torch.full((6,), math.radians(80)))
     m_base = view_metrics(on_base, photos, on_base, "recolor it", base_views=base)
-    mixed_base = view_metrics(hue_rotate(base, signs * math.radians(80)), photos, on_base, "recolor it", base)
+    mixed_on_base = hue_rotate(base, signs * math.radians(80))
+    mixed_base = view_metrics(mixed_on_base, photos, on_base, "recolor it", base)
     assert m_base["edit_inconsistency"] < 0.01 < m_base["inconsistency"]
     assert mixed_base["edit_inconsistency"] > 10 * m_base["edit_inconsistency"]
     # The same renders with each view's own appearance embedding, which can hold what the mean hides.
-    own = view_metrics(on_base, photos, on_base, "recolor it", base, own_views=hue_rotate(base, signs * math.radians(80)),
-                       base_own_views=base)
+    own = view_metrics(on_base, photos, on_base, "recolor it", base, own_views=mixed_on_base, base_own_views=base)
     assert own["edit_inconsistency"] == m_base["edit_inconsistency"]
     assert own["edit_inconsistency_own"] == pytest.approx(mixed_base["edit_inconsistency"])
     assert own["fit_psnr_own"] < own["fit_psnr"] - 10

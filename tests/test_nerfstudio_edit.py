@@ -275,13 +275,16 @@ def test_own_appearance_renders_each_view_with_its_own_embedding(sphere_scene, t
     pipeline = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path))
     model = pipeline.model
     model.eval()
-    cam0, cam1 = pipeline._camera(0), pipeline._camera(1)
-    before = {k: render_view(model, c, i, own_appearance=own) for k, (c, i, own) in
-              {"own0": (cam0, 0, True), "own1": (cam1, 1, True), "mean1": (cam1, 1, False)}.items()}
+    cams = {i: pipeline._camera(i) for i in (0, 1)}
+
+    def renders():
+        return {k: render_view(model, cams[i], i, own_appearance=own) for k, (i, own) in
+                {"own0": (0, True), "own1": (1, True), "mean1": (1, False)}.items()}
+
+    before = renders()
     with torch.no_grad():
         model.field.embedding_appearance.embedding.weight[0] += 3.0  # view 0's embedding (and so the mean) moves
-    after = {k: render_view(model, c, i, own_appearance=own) for k, (c, i, own) in
-             {"own0": (cam0, 0, True), "own1": (cam1, 1, True), "mean1": (cam1, 1, False)}.items()}
+    after = renders()
     assert not model.field.training and not model.training
     torch.testing.assert_close(after["own1"], before["own1"])  # view 1's own embedding did not change
     assert (after["own0"] - before["own0"]).abs().max() > 1e-3
