@@ -44,14 +44,18 @@ def _strength_error(strength: float, target: float) -> float:
 
 
 def match_learning_rate(run: Callable[[float], Tuple[float, object]], target: float, scale: float,
-                        tolerance: float = STRENGTH_TOLERANCE, tries: int = 4) -> Tuple[float, float, object, int]:
+                        tolerance: float = STRENGTH_TOLERANCE, tries: int = 4,
+                        bounds: Optional[Tuple[float, float]] = None) -> Tuple[float, float, object, int]:
     """Find a learning-rate scale at which ``run(scale) -> (strength, output)`` reaches ``target`` strength
     within ``tolerance`` (relative), by secant steps on ``log strength`` against ``log scale`` (:func:`_next_scale`:
     once runs have landed on both sides of the target, every step stays inside the narrowest bracket).
 
     Starts at ``scale``; returns ``(scale, strength, output, runs)`` of the closest run. With a non-positive
-    target or strength (an edit that did not happen) it stops after the first run.
+    target or strength (an edit that did not happen) it stops after the first run. With ``bounds = (lo, hi)``
+    every step is clamped into them, and the search stops when its next step is a bound it has already run.
     """
+    if bounds is not None and not 0 < bounds[0] <= scale <= bounds[1]:
+        raise ValueError(f"bounds: expected 0 < low <= scale ({scale:.4g}) <= high, got {bounds!r}")
     best = None
     history: List[Tuple[float, float]] = []
     for attempt in range(tries):
@@ -63,6 +67,10 @@ def match_learning_rate(run: Callable[[float], Tuple[float, object]], target: fl
             break
         history.append((math.log(scale), math.log(strength)))
         scale = math.exp(_next_scale(history, math.log(target)))
+        if bounds is not None:
+            scale = min(max(scale, bounds[0]), bounds[1])
+            if any(abs(math.log(scale) - x) < 1e-9 for x, _ in history):
+                break  # pinned at a bound that has been run: another run there tells nothing new
     _, scale, strength, output = best
     return scale, strength, output, attempt + 1
 

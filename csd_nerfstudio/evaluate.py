@@ -355,6 +355,9 @@ class EvalArgs:
     None compares the arms at their settings, per unit of strength."""
     match_tries: int = 4
     """Runs of the --match-strength search per arm (on the first seed), at most."""
+    match_range: float = matching.KNOB_RANGE
+    """How far the --match-strength search may move a knob, as a factor either way of the arm's setting; an arm
+    that needs more is reported unmatched at the bound (csd_nerfstudio.matching.KNOB_RANGE names the measurement)."""
     match_on: Literal["renders", "edits"] = "renders"
     """What --match-strength matches: the renders' strength (what a user sees), or the edits' (edits_strength,
     the training images before the fit: a function of the seed and the knob alone, so the search repeats
@@ -442,9 +445,10 @@ def _markdown(report: Dict) -> str:
             tries = ", ".join(f"{t['value']:.4g} → " + ("failed" if t.get("error") else f"{t['strength']:.4g}")
                               for t in match["tries"])
             mean = f", mean strength {match['strength']:.4g}" if "strength" in match else ""
+            bounds = f", searched within {match['bounds'][0]:.4g}–{match['bounds'][1]:.4g}" if "bounds" in match else ""
             lines.append(f"- {arm}: {match['knob']} {match['start']:.4g} → {match['value']:.4g} (tries: "
                          f"{tries or 'none'}; target {match['target']:.4g}, reference mean "
-                         f"{match['reference_strength']:.4g}{mean}): "
+                         f"{match['reference_strength']:.4g}{mean}{bounds}): "
                          + ("matched" if match["matched"] else f"**unmatched**, {match['reason']}"))
     failed = {f"{arm} seed {s}": e["error"] for arm, entry in report["arms"].items()
               for s, e in entry["seeds"].items() if "error" in e}
@@ -490,6 +494,8 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
         raise ValueError(f"--match-strength: expected one of the --arms {args.arms}, got {args.match_strength!r}")
     if args.match_tries < 1:
         raise ValueError(f"--match-tries: expected a number of runs >= 1, got {args.match_tries}")
+    if not args.match_range >= 1:
+        raise ValueError(f"--match-range: expected a factor >= 1, got {args.match_range}")
     strength_keys = {"renders": "strength", "edits": "edits_strength"}  # what --match-on reads of the metrics
     if args.match_on not in strength_keys:
         raise ValueError(f"--match-on: expected one of {list(strength_keys)}, got {args.match_on!r}")
@@ -579,7 +585,7 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
             match = matching.match_arm(lambda value, seed: measure(arm, seed, {knob: value}), knob,
                                        matching.knob_value(pipeline, knob), first.get(key, 0.0),
                                        float(np.mean(ref_ok)) if ref_ok else 0.0, args.seeds, args.match_tries,
-                                       key=key)
+                                       key=key, knob_range=args.match_range)
             entry["seeds"] = match.pop("seeds")
             entry["match"] = match
             print(f"[evaluate] {arm}: {knob} {match['value']:.4g}, "

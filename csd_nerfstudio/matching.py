@@ -23,7 +23,7 @@ from csd2d.compare import STRENGTH_TOLERANCE, match_learning_rate
 from csd2d.metrics import affine_colour_map, apply_colour_map
 from csd2d.tiny.edits import LUMA
 
-__all__ = ["STRUCTURE_FLOOR", "CONTRAST_FLOOR", "LR_KNOB", "IN2N_KNOB", "structure_r2", "luma_contrast",
+__all__ = ["STRUCTURE_FLOOR", "CONTRAST_FLOOR", "LR_KNOB", "IN2N_KNOB", "KNOB_RANGE", "structure_r2", "luma_contrast",
            "collapse_metrics", "strength_knob", "match_arm"]
 
 # ------------------------------------------------------------------------------------------------ collapsed
@@ -84,6 +84,16 @@ shift peaks near s_T 6 (face at 64 px, the in2n arm's 200 editing steps, determi
 7.5), which :func:`csd2d.compare.match_learning_rate` handles by stepping past the peak and then bracketing."""
 
 
+KNOB_RANGE = 4.0
+"""How far the search may move an arm's knob from its setting: within ``start / KNOB_RANGE`` to
+``start × KNOB_RANGE`` (``--match-range``). Our choice, from what the search did without a bound: on face at 64 px
+with 'make it night' (csd-edit-tiny without appearance embeddings), the in2n arm's every try turned the scene
+black, its strength never came near the joint arm's, and the search raised the text guidance from IN2N's 7.5 to
+159, where no user would set it. Within 4× the knob still spans what the matched arms needed (lr 0.1 → 0.17 for
+iterative csd; IN2N's guidance 7.5 → 6.1 or 7.5 on 'recolor it'), and an arm that needs more is reported
+unmatched at the bound rather than compared at a setting nobody runs."""
+
+
 def strength_knob(pipeline) -> str:
     """The setting searched for an arm whose pipeline config is ``pipeline``: :data:`IN2N_KNOB` for the in2n
     update, :data:`LR_KNOB` otherwise (decided by the setting, not by the arm's name)."""
@@ -104,19 +114,26 @@ def _relative_error(strength: float, target: float) -> float:
 
 def match_arm(measure: Callable[[float, int], Dict], knob: str, start: float, target: float,
               reference_mean: float, seeds: Sequence[int], tries: int,
-              tolerance: float = STRENGTH_TOLERANCE, key: str = "strength") -> Dict:
+              tolerance: float = STRENGTH_TOLERANCE, key: str = "strength", knob_range: float = KNOB_RANGE) -> Dict:
     """Search ``knob`` from ``start`` on ``seeds[0]`` until ``measure(value, seed)[key]`` (the renders'
     ``strength``, or the edits' ``edits_strength``; the record calls either one ``strength``) is within
     ``tolerance`` of ``target`` (REF's strength on that seed), in at most ``tries`` runs
-    (:func:`csd2d.compare.match_learning_rate`); then run the other seeds at the value found.
+    (:func:`csd2d.compare.match_learning_rate`) and within ``knob_range`` of ``start`` either way
+    (:data:`KNOB_RANGE`); then run the other seeds at the value found.
 
     ``measure`` returns the metrics of one run (``{"error": ...}`` for a run that failed, which ends the search).
-    Returns ``{"knob", "start", "value", "target", "reference_strength", "tries": [{"value", "strength"}…],
+    Returns ``{"knob", "start", "bounds", "value", "target", "reference_strength", "tries": [{"value", "strength"}…],
     "strength", "strength_error", "matched", "reason", "seeds": {seed: metrics}}``: ``matched`` when the mean
     strength over the seeds is within ``tolerance`` of ``reference_mean`` (REF's mean); ``reason`` says why not."""
+    if not (isinstance(knob_range, (int, float)) and knob_range >= 1):
+        raise ValueError(f"knob_range: expected a factor >= 1, got {knob_range!r}")
+    if not start > 0:
+        raise ValueError(f"{knob}: expected a positive value to search from, got {start!r}")
     record: List[Dict] = []
-    result: Dict = {"knob": knob, "start": start, "target": target, "reference_strength": reference_mean,
-                    "tolerance": tolerance, "tries": record, "seeds": {}, "matched": False}
+    bounds = (float(f"{start / knob_range:.4g}"), float(f"{start * knob_range:.4g}"))
+    result: Dict = {"knob": knob, "start": start, "bounds": list(bounds), "target": target,
+                    "reference_strength": reference_mean, "tolerance": tolerance, "tries": record, "seeds": {},
+                    "matched": False}
     if not (target > 0 and reference_mean > 0):
         result.update(value=start, reason=f"the reference arm has no strength to match: it failed or did not edit "
                                           f"(strength {target:.4g} on seed {seeds[0]}, mean {reference_mean:.4g})")
@@ -129,7 +146,8 @@ def match_arm(measure: Callable[[float, int], Dict], knob: str, start: float, ta
         record.append({"value": value, "strength": strength, **({"error": True} if "error" in metrics else {})})
         return (strength if strength is not None else 0.0), (value, metrics)
 
-    _, _, (value, first), _ = match_learning_rate(run, target, start, tolerance, tries)
+    _, _, (value, first), _ = match_learning_rate(run, target, start, tolerance, tries,
+                                                  bounds=(min(bounds[0], start), max(bounds[1], start)))
     result["value"] = value
     result["seeds"][seeds[0]] = first
     for seed in seeds[1:]:
@@ -143,8 +161,12 @@ def match_arm(measure: Callable[[float, int], Dict], knob: str, start: float, ta
     result["matched"] = result["strength_error"] <= tolerance
     if not result["matched"]:
         best = min(record, key=lambda t: _relative_error(t["strength"] or 0.0, target))
+        pinned = [t for t in record if t["value"] in bounds]
         why = ("a run failed" if any("error" in t for t in record) else
                "the edit did not happen" if all((t["strength"] or 0) <= 0 for t in record) else
+               f"{knob} reached its bound {pinned[-1]['value']:.4g} ({knob_range:g}× its start {start:.4g}, "
+               f"--match-range) at strength {pinned[-1]['strength']:.4g} against {target:.4g}"
+               if pinned and _relative_error(best["strength"] or 0.0, target) > tolerance else
                f"{len(record)} tries reached {best['strength']:.4g} at best against {target:.4g}"
                if _relative_error(best["strength"] or 0.0, target) > tolerance else
                f"the other seeds' strength moved the mean to {result['strength']:.4g}")

@@ -70,7 +70,7 @@ def test_search_lands_within_tolerance_or_says_unmatched():
     # An arm that cannot get weak enough (its strength never falls below 0.9): unmatched, with the reason.
     calls.clear()
     stuck = matching.match_arm(lambda lr, seed: {"strength": 0.9 + 0.05 * _luma_drop(lr, 8.0)}, "edit.lr", 0.1,
-                               0.5, 0.5, [0, 1], tries=3)
+                               0.5, 0.5, [0, 1], tries=3, knob_range=100.0)
     assert not stuck["matched"] and len(stuck["tries"]) == 3 and "3 tries reached" in stuck["reason"]
     # A run that fails ends the search and the arm is unmatched.
     failed = matching.match_arm(lambda lr, seed: {"error": "boom"}, "edit.lr", 0.1, 0.5, 0.5, [0], tries=4)
@@ -79,6 +79,30 @@ def test_search_lands_within_tolerance_or_says_unmatched():
     on_edits = matching.match_arm(lambda lr, seed: {"strength": 0.9, "edits_strength": _luma_drop(lr, 20.0)},
                                   "edit.lr", 0.1, target, target, [0], tries=4, key="edits_strength")
     assert on_edits["matched"] and on_edits["value"] == found["value"]
+
+
+def test_the_search_stays_within_its_range_and_says_so():
+    """An arm that needs its knob far past its setting (IN2N at night went from guidance 7.5 to 159 unbounded) is
+    searched only within --match-range of it, and reported unmatched at the bound."""
+    tried = []
+
+    def weak(value, seed):  # strength ∝ knob: 0.05 at 7.5, so the target 0.5 needs 75 (10× the start)
+        tried.append(value)
+        return {"strength": value / 150}
+
+    found = matching.match_arm(weak, "edit.guidance_scale", 7.5, 0.5, 0.5, [0, 1], tries=5)
+    assert found["bounds"] == [1.875, 30.0] and max(tried) == 30.0, tried
+    assert not found["matched"] and "reached its bound 30" in found["reason"] and "--match-range" in found["reason"]
+    assert len(found["tries"]) < 5  # pinned at the bound, the search stops instead of running it again
+    assert found["value"] == 30.0 and tried[-2:] == [30.0, 30.0]  # then the other seed at the bound
+    tried.clear()
+    wide = matching.match_arm(weak, "edit.guidance_scale", 7.5, 0.5, 0.5, [0], tries=5, knob_range=20.0)
+    assert wide["matched"] and abs(wide["value"] - 75) < 7.5, wide
+    # A strong arm is bounded below as well.
+    strong = matching.match_arm(lambda v, seed: {"strength": 100 * v}, "edit.lr", 0.1, 0.5, 0.5, [0], tries=5)
+    assert min(t["value"] for t in strong["tries"]) == 0.025 and not strong["matched"], strong
+    with pytest.raises(ValueError, match="knob_range"):
+        matching.match_arm(weak, "edit.lr", 0.1, 0.5, 0.5, [0], tries=2, knob_range=0.5)
 
 
 def test_the_knob_follows_the_update_not_the_arm_name():
@@ -196,6 +220,9 @@ def test_match_strength_must_name_an_arm(tmp_path):
     odd = dataclasses.replace(args, match_strength="csd", match_on="photos")
     with pytest.raises(ValueError, match=r"--match-on: expected one of \['renders', 'edits'\], got 'photos'"):
         evaluate.run_eval(odd)
+    narrow = dataclasses.replace(args, match_strength="csd", match_range=0.5)
+    with pytest.raises(ValueError, match=r"--match-range: expected a factor >= 1, got 0.5"):
+        evaluate.run_eval(narrow)
     assert not (tmp_path / "eval").exists()
 
 

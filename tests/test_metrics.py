@@ -109,6 +109,21 @@ def test_learning_rate_matching_reaches_the_target_strength(power):
         assert runs == 2 and scale == pytest.approx(60.0 / 7.0)  # one secant step with the linear guess
 
 
+def test_learning_rate_matching_is_clamped_to_its_bounds():
+    from csd2d.compare import match_learning_rate
+
+    calls = []
+
+    def run(scale):
+        calls.append(scale)
+        return 7.0 * scale, scale
+
+    scale, strength, _, runs = match_learning_rate(run, target=700.0, scale=4.0, tries=6, bounds=(1.0, 16.0))
+    assert calls == [4.0, 16.0] and runs == 2 and scale == 16.0  # pinned at the bound: no second run there
+    with pytest.raises(ValueError, match="bounds"):
+        match_learning_rate(run, target=70.0, scale=4.0, bounds=(5.0, 16.0))
+
+
 def test_learning_rate_matching_brackets_a_strength_that_is_not_monotone():
     """IN2N's text guidance on face at 64 px: the hue shift peaks near s_T 6 and falls after it (139° at 7.5, 157°
     at 6.1, against 35° at 1 and 118° at 2.5). Searching for 113° from 7.5, the search must go below the peak and
