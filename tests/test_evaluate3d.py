@@ -187,24 +187,26 @@ def test_csd_edits_a_scene_more_consistently_than_independent_editing(tmp_path):
 @pytest.mark.slow
 def test_joint_edits_views_more_consistently_than_with_the_kernel_off_at_matched_strength(tmp_path):
     """Issue 20's direction test at a CI size: on the project's textured scene (12 views), the joint schedule's
-    edits agree better across views than the same schedule's with the kernel off, once the kernel-off arm's lr is
-    searched to the joint arm's edit strength (``match_on="edits"``); two seeds, both must win. It reads the
-    edits (``edits_inconsistency``, the training images against the photos), which the seed decides; the renders after the short fit scatter
-    from run to run by about as much as the kernel's gain there (the evaluate module's docstring). Matched on the
-    edits, the search and the comparison repeat exactly. Our measurement at this size: 0.0427 / 0.0447 against
-    0.0455 / 0.0476 at 42–43° (0.94×); matched on the renders, 0.89× (20 views: 0.90×)."""
+    renders agree better across views than the same schedule's with the kernel off, once the kernel-off arm's lr
+    is searched to the joint arm's render strength; two seeds, both must win, and their edits (the training images
+    before the fit) must agree better too. csd-edit-tiny fits no appearance embedding
+    (csd_nerfstudio.config.TINY_APPEARANCE_EMBEDDING), so the renders show what the edits disagree about; the fit
+    is deterministic on a CPU (csd_nerfstudio.benchmark.train_measured). Our measurement at this size: renders
+    0.0332 / 0.0363 against 0.0359 / 0.0397 at 42° (0.92×; the kernel-off arm matched at lr 0.058 on its third
+    try), edits 0.0427 / 0.0447 against 0.0468 / 0.0491 (0.91×)."""
     from csd_nerfstudio.scenes import write_textured_scene
 
     scene = write_textured_scene(tmp_path / "scene", views=12, size=64, seed=0)
     seeds = [0, 1]
     report = evaluate.run_eval(evaluate.EvalArgs(
         data=scene, output=tmp_path / "eval", arms=["joint", "joint-independent"], seeds=seeds, pretrain_steps=200,
-        iterations=60, path_frames=2, isolate=False, match_strength="joint", match_tries=3, match_on="edits"))
+        iterations=60, path_frames=2, isolate=False, match_strength="joint", match_tries=3))
     off = report["arms"]["joint-independent"]
     assert off["match"]["matched"], off["match"]
     joint, off = report["arms"]["joint"]["seeds"], off["seeds"]
     for s in seeds:
-        assert abs(joint[s]["edits_strength"]) > 10, joint[s]  # an edit happened
-        assert abs(off[s]["edits_strength"] / joint[s]["edits_strength"] - 1) < 0.1, (joint[s], off[s])
+        assert abs(joint[s]["strength"]) > 10, joint[s]  # an edit happened
+        assert abs(off[s]["strength"] / joint[s]["strength"] - 1) < 0.1, (joint[s], off[s])
+        assert joint[s]["edit_inconsistency"] < 0.97 * off[s]["edit_inconsistency"], (s, joint[s], off[s])
         assert joint[s]["edits_inconsistency"] < 0.97 * off[s]["edits_inconsistency"], (s, joint[s], off[s])
-    assert report["ratios"]["edits_inconsistency joint / joint-independent"] < 0.96
+    assert report["ratios"]["edit_inconsistency joint / joint-independent"] < 0.96
