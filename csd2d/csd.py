@@ -44,7 +44,7 @@ from torch import Tensor
 from .config import EditConfig, StepConfig
 from .guidance import IP2PGuidance, sds_weight
 from .align import Warps, aligned_csd_gradient
-from .kernel import csd_gradient
+from .kernel import coarse_scores, csd_gradient
 
 __all__ = ["StepResult", "csd_edit_step", "optimize_latents"]
 
@@ -76,7 +76,8 @@ def csd_edit_step(
 
     ``g_i = w(t)/Z_i · Σ_j [k(z_j, z_i) s_j − repulsion · ∇_{z_j} k(z_j, z_i)]`` with ``s_j = ε̂_tgt − ε̂_src``,
     ``Z_i`` the kernel row sum or N (``config.normalization``) and the kernel on the noisy target latents ``z_t``
-    (see the module docstring). With
+    (see the module docstring). With ``config.share_grid`` only the scores' coarse part is mixed and each particle
+    adds its own detail, ``s_i − coarse(s_i)``. With
     ``config.coupling = False`` every particle gets its own weighted score ``w(t) s_i`` only (independent delta
     score distillation).
 
@@ -111,15 +112,18 @@ def csd_edit_step(
         t=t,
         max_batch=config.max_batch,
     )
+    shared = res.scores if config.share_grid is None else coarse_scores(res.scores, config.share_grid)
     if config.coupling and warps is not None:
-        mixed = aligned_csd_gradient(res.scores, res.noisy_targets, warps, bandwidth=config.bandwidth,
+        mixed = aligned_csd_gradient(shared, res.noisy_targets, warps, bandwidth=config.bandwidth,
                                      bandwidth_scale=config.bandwidth_scale, repulsion=config.repulsion,
                                      normalization=config.normalization)
     elif config.coupling:
-        mixed = csd_gradient(res.scores, res.noisy_targets, bandwidth=config.bandwidth, repulsion=config.repulsion,
+        mixed = csd_gradient(shared, res.noisy_targets, bandwidth=config.bandwidth, repulsion=config.repulsion,
                              normalization=config.normalization, bandwidth_scale=config.bandwidth_scale)
     else:
-        mixed = res.scores
+        mixed = shared
+    if shared is not res.scores:  # share_grid: each particle keeps its own detail, only the coarse part is mixed
+        mixed = res.scores.float() - shared.float() + mixed.float()
     grad = sds_weight(guidance.alphas_cumprod, res.t).reshape(()) * mixed.float()  # w(t) weights the whole update
     return StepResult(grad=grad.to(target_latents.dtype), scores=res.scores, t=res.t)
 

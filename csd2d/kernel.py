@@ -25,6 +25,7 @@ __all__ = [
     "rbf_kernel",
     "rbf_kernel_grad",
     "csd_gradient",
+    "coarse_scores",
 ]
 
 
@@ -163,3 +164,20 @@ def csd_gradient(
     z = {"row": row_sum, "mean": row_sum.mean(), "count": particles.shape[0]}[normalization]
     g = (drive + repulsion * repel) / z
     return g.reshape(scores.shape).to(scores.dtype)
+
+
+def coarse_scores(scores: Float[Tensor, "N C h w"], grid: int) -> Float[Tensor, "N C h w"]:
+    """Each score's coarse part: its mean over a ``grid × grid`` grid of cells (adaptive average pooling),
+    spread back over the latent bilinearly; ``grid = 1`` gives each channel's mean everywhere. The rest,
+    ``scores − coarse_scores(scores, grid)``, is the particle's own detail, which
+    :attr:`csd2d.config.StepConfig.share_grid` keeps out of the kernel's mixing."""
+    if scores.ndim != 4:
+        raise ValueError(f"scores: expected a tensor of shape [N, C, h, w], got shape {tuple(scores.shape)}")
+    if not (isinstance(grid, int) and grid >= 1):
+        raise ValueError(f"grid: expected a grid side >= 1, got {grid!r}")
+    flat = scores.float()
+    pooled = torch.nn.functional.adaptive_avg_pool2d(flat, min(grid, min(flat.shape[-2:])))
+    if pooled.shape[-1] == 1 and pooled.shape[-2] == 1:
+        return pooled.expand_as(flat).to(scores.dtype)
+    return torch.nn.functional.interpolate(pooled, size=flat.shape[-2:], mode="bilinear",
+                                           align_corners=False).to(scores.dtype)

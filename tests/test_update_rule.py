@@ -99,3 +99,47 @@ def test_shared_noise_is_one_draw_for_every_particle(guidance):
     independent = csd_edit_step(guidance, target, source, emb_t, emb_s, StepConfig(), t=t,
                                 generator=torch.Generator().manual_seed(5))
     assert not torch.allclose(independent.grad, ref, atol=1e-2 * scale)
+
+
+def test_share_grid_mixes_only_the_coarse_scores_and_each_view_keeps_its_detail(guidance):
+    """``share_grid=1``: the kernel mixes each score's channel means; every particle adds its own detail
+    ``s_i − mean(s_i)``, so no other particle's detail reaches it. Written out against the whole-score step."""
+    from csd2d.kernel import coarse_scores, csd_gradient
+
+    target, source, emb_t, emb_s, noise = _inputs(guidance, n=3)
+    t = torch.tensor([300])
+    shared = csd_edit_step(guidance, target, source, emb_t, emb_s, StepConfig(share_grid=1), noise=noise, t=t)
+    whole = csd_edit_step(guidance, target, source, emb_t, emb_s, StepConfig(), noise=noise, t=t)
+    abar = guidance.scheduler.alphas_cumprod[t].float()
+    noisy = abar.sqrt() * target + (1 - abar).sqrt() * noise
+    s = shared.scores.float()
+    mean = s.mean((-2, -1), keepdim=True).expand_as(s)
+    ref = (1 - abar) * (s - mean + csd_gradient(mean, noisy, repulsion=1.0, normalization="row"))
+    scale = ref.abs().max()
+    assert torch.allclose(shared.grad, ref, atol=1e-4 * scale), (shared.grad - ref).abs().max() / scale
+    assert not torch.allclose(whole.grad, ref, atol=1e-2 * scale)  # the whole-score mix is a different update
+    # the detail left with each particle is its own: zero mean per channel
+    detail = shared.grad - (1 - abar) * csd_gradient(mean, noisy, repulsion=1.0, normalization="row")
+    assert detail.mean((-2, -1)).abs().max() < 1e-4 * scale
+    # one particle alone: its whole score, as without sharing
+    one = [x[:1] for x in (target, source, emb_t, emb_s, noise)]
+    alone = csd_edit_step(guidance, *one[:4], StepConfig(share_grid=1), noise=one[4], t=t)
+    plain = csd_edit_step(guidance, *one[:4], StepConfig(coupling=False), noise=one[4], t=t)
+    assert torch.allclose(alone.grad, plain.grad, atol=1e-5 * plain.grad.abs().max())
+
+
+def test_coarse_scores_are_cell_means_spread_back():
+    from csd2d.kernel import coarse_scores
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 4, 8, 8, generator=g)
+    assert torch.allclose(coarse_scores(scores, 1), scores.mean((-2, -1), keepdim=True).expand_as(scores))
+    flat = torch.randn(2, 4, 1, 1, generator=g).expand(-1, -1, 8, 8)
+    assert torch.allclose(coarse_scores(flat, 4), flat, atol=1e-6)  # a per-channel constant is all coarse
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None]) % 2 * 2.0 - 1  # zero mean in every 2x2 cell
+    assert coarse_scores(checker.expand(2, 4, 8, 8).contiguous(), 4).abs().max() < 1e-6
+    assert coarse_scores(scores, 64).shape == scores.shape  # a grid finer than the latent: the latent itself
+    with pytest.raises(ValueError, match="grid"):
+        coarse_scores(scores, 0)
+    with pytest.raises(ValueError, match="share_grid"):
+        StepConfig(share_grid=0)
