@@ -146,7 +146,8 @@ class StepConfig:
     share_grid: Optional[int] = None
     """What the kernel mixes: None, the whole score (the paper); a positive g, only each score's coarse part, its
     mean over a g × g grid of the latent (1: each channel's mean), while every particle keeps the rest of its own
-    score (:func:`csd2d.kernel.coarse_scores`). The views then agree on the edit's overall direction (which tint,
+    score (:func:`csd2d.kernel.coarse_scores`), at the weight its mix has in all (the kernel row sum over the
+    normaliser: 1 with row, so that with count both parts shrink alike). The views then agree on the edit's overall direction (which tint,
     which way the hue turns) without pasting each other's content where they do not overlap; repulsion and the
     kernel's distances are unchanged. Source: paper (None). Ours, 3D joint schedule (face at 64 px, 30 views, one
     round, 200 fit steps, lr 0.1, bandwidth-scale 4, seeds 0–2; renders' edit inconsistency, against the kernel-off

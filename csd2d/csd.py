@@ -77,7 +77,8 @@ def csd_edit_step(
     ``g_i = w(t)/Z_i · Σ_j [k(z_j, z_i) s_j − repulsion · ∇_{z_j} k(z_j, z_i)]`` with ``s_j = ε̂_tgt − ε̂_src``,
     ``Z_i`` the kernel row sum or N (``config.normalization``) and the kernel on the noisy target latents ``z_t``
     (see the module docstring). With ``config.share_grid`` only the scores' coarse part is mixed and each particle
-    adds its own detail, ``s_i − coarse(s_i)``. With
+    adds its own detail ``s_i − coarse(s_i)`` at the weight its mix has in all, ``Σ_j k(z_j, z_i) / Z_i`` (1 with
+    the row normalisation; the row sum over N with count, so that both parts keep their balance). With
     ``config.coupling = False`` every particle gets its own weighted score ``w(t) s_i`` only (independent delta
     score distillation).
 
@@ -112,18 +113,23 @@ def csd_edit_step(
         t=t,
         max_batch=config.max_batch,
     )
-    shared = res.scores if config.share_grid is None else coarse_scores(res.scores, config.share_grid)
-    if config.coupling and warps is not None:
-        mixed = aligned_csd_gradient(shared, res.noisy_targets, warps, bandwidth=config.bandwidth,
-                                     bandwidth_scale=config.bandwidth_scale, repulsion=config.repulsion,
-                                     normalization=config.normalization)
-    elif config.coupling:
-        mixed = csd_gradient(shared, res.noisy_targets, bandwidth=config.bandwidth, repulsion=config.repulsion,
-                             normalization=config.normalization, bandwidth_scale=config.bandwidth_scale)
-    else:
-        mixed = shared
-    if shared is not res.scores:  # share_grid: each particle keeps its own detail, only the coarse part is mixed
-        mixed = res.scores.float() - shared.float() + mixed.float()
+
+    def mix(scores: Tensor, repulsion: float) -> Tensor:
+        if warps is not None:
+            return aligned_csd_gradient(scores, res.noisy_targets, warps, bandwidth=config.bandwidth,
+                                        bandwidth_scale=config.bandwidth_scale, repulsion=repulsion,
+                                        normalization=config.normalization)
+        return csd_gradient(scores, res.noisy_targets, bandwidth=config.bandwidth, repulsion=repulsion,
+                            normalization=config.normalization, bandwidth_scale=config.bandwidth_scale)
+
+    if not config.coupling:
+        mixed = res.scores
+    elif config.share_grid is None:
+        mixed = mix(res.scores, config.repulsion)
+    else:  # only the coarse part is mixed; each particle's own detail takes the weight its mix has in all
+        coarse = coarse_scores(res.scores, config.share_grid).float()
+        weight = mix(torch.ones_like(coarse), 0.0).float()  # Σ_j k_ji / Z_i: 1 with row normalization
+        mixed = weight * (res.scores.float() - coarse) + mix(coarse, config.repulsion).float()
     grad = sds_weight(guidance.alphas_cumprod, res.t).reshape(()) * mixed.float()  # w(t) weights the whole update
     return StepResult(grad=grad.to(target_latents.dtype), scores=res.scores, t=res.t)
 

@@ -121,6 +121,15 @@ def test_share_grid_mixes_only_the_coarse_scores_and_each_view_keeps_its_detail(
     # the detail left with each particle is its own: zero mean per channel
     detail = shared.grad - (1 - abar) * csd_gradient(mean, noisy, repulsion=1.0, normalization="row")
     assert detail.mean((-2, -1)).abs().max() < 1e-4 * scale
+    # with the paper's 1/N, the particle's own detail shrinks with its row sum as the mixed part does
+    counted = csd_edit_step(guidance, target, source, emb_t, emb_s, StepConfig(share_grid=1, normalization="count"),
+                            noise=noise, t=t)
+    from csd2d.kernel import rbf_kernel
+    k, _ = rbf_kernel(noisy)
+    share = (k.sum(0) / 3).reshape(3, 1, 1, 1)  # Σ_j k(z_j, z_i) / N
+    ref = (1 - abar) * (share * (s - mean) + csd_gradient(mean, noisy, repulsion=1.0, normalization="count"))
+    assert torch.allclose(counted.grad, ref, atol=1e-4 * ref.abs().max()), (counted.grad - ref).abs().max()
+    assert share.max() < 0.99  # a real shrink, so the test tells the weights apart
     # one particle alone: its whole score, as without sharing
     one = [x[:1] for x in (target, source, emb_t, emb_s, noise)]
     alone = csd_edit_step(guidance, *one[:4], StepConfig(share_grid=1), noise=one[4], t=t)
