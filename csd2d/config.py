@@ -147,17 +147,17 @@ class StepConfig:
     """What the kernel mixes: None, the whole score (the paper); a positive g, only each score's coarse part, its
     mean over a g × g grid of the latent (1: each channel's mean), while every particle keeps the rest of its own
     score (:func:`csd2d.kernel.coarse_scores`), at the weight its mix has in all (the kernel row sum over the
-    normaliser: 1 with row, so that with count both parts shrink alike). The views then agree on the edit's overall direction (which tint,
-    which way the hue turns) without pasting each other's content where they do not overlap; repulsion and the
-    kernel's distances are unchanged. Source: paper (None). Ours, 3D joint schedule (face at 64 px, 30 views, one
+    normaliser: 1 with row, so that with count both parts shrink alike). The views then agree on the edit's
+    overall direction (which tint, which way the hue turns) without pasting each other's content where they do not
+    overlap; repulsion and the kernel's distances are unchanged. Source: paper (None). Ours, 3D joint schedule (face at 64 px, 30 views, one
     round, 200 fit steps, lr 0.1, bandwidth-scale 4, seeds 0–2; renders' edit inconsistency, against the kernel-off
     arm at the same strength; evaluate's joint-coarse arm): 'make it night' 0.0093 against 0.0094 (0.99×), with
     structure 32.2 dB against the kernel-off arm's 32.4, where the whole score gave 0.0115 (1.23×) at 29.5 dB;
     'recolor it' 0.0098 against 0.0138 (0.71×), the whole score 0.0099 (0.72×); seed 0 again with the detail's
     weight computed (1 up to rounding): 0.0096 against 0.0095. On the made textured scene (30 views, the same
     schedule): 'recolor it' 0.0265 against 0.0413 (0.64×; the whole score 0.0405, 0.98×), 'make it night' 0.0102
-    against 0.0125 (0.82×; the whole score 1.00×). Mixing the coarse part stops the
-    kernel from costing structure at night, but the scene's fit already reconciles the kernel-off arm's tints there
+    against 0.0125 (0.82×; the whole score 1.00×). Mixing the coarse part stops the kernel from costing structure
+    at night, but the scene's fit already reconciles the kernel-off arm's tints there
     (its renders spread 0.0094 against its edits' 0.0128), so the kernel gains nothing on top. In 2D the whole
     score is better (windows and frames overlap almost pixel for pixel): 0.97× and 1.38× plain CSD on the demo
     panorama (recolor, night), 1.14× and 1.24× on the demo video (python -m csd2d.evaluate, seeds 0–2)."""

@@ -177,7 +177,7 @@ def coarse_scores(scores: Float[Tensor, "N C h w"], grid: int) -> Float[Tensor, 
         raise ValueError(f"grid: expected a grid side >= 1, got {grid!r}")
     flat = scores.float()
     pooled = torch.nn.functional.adaptive_avg_pool2d(flat, min(grid, min(flat.shape[-2:])))
-    if pooled.shape[-1] == 1 and pooled.shape[-2] == 1:
+    if pooled.shape[-1] == 1 and pooled.shape[-2] == 1:  # the channel means exactly (bilinear is 1 ulp off)
         return pooled.expand_as(flat).to(scores.dtype)
     return torch.nn.functional.interpolate(pooled, size=flat.shape[-2:], mode="bilinear",
                                            align_corners=False).to(scores.dtype)

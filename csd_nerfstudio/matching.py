@@ -161,14 +161,15 @@ def match_arm(measure: Callable[[float, int], Dict], knob: str, start: float, ta
     result["matched"] = result["strength_error"] <= tolerance
     if not result["matched"]:
         best = min(record, key=lambda t: _relative_error(t["strength"] or 0.0, target))
+        missed = _relative_error(best["strength"] or 0.0, target) > tolerance  # no try came within tolerance
         pinned = [t for t in record if t["value"] in bounds]
         why = ("a run failed" if any("error" in t for t in record) else
                "the edit did not happen" if all((t["strength"] or 0) <= 0 for t in record) else
                f"{knob} reached its bound {pinned[-1]['value']:.4g} ({knob_range:g}× its start {start:.4g}, "
                f"--match-range) at strength {pinned[-1]['strength']:.4g} against {target:.4g}"
-               if pinned and _relative_error(best["strength"] or 0.0, target) > tolerance else
+               if pinned and missed else
                f"{len(record)} tries reached {best['strength']:.4g} at best against {target:.4g}"
-               if _relative_error(best["strength"] or 0.0, target) > tolerance else
+               if missed else
                f"the other seeds' strength moved the mean to {result['strength']:.4g}")
         result["reason"] = f"strength not within {tolerance:.0%} of the reference's: {why}"
     return result

@@ -104,7 +104,7 @@ def test_shared_noise_is_one_draw_for_every_particle(guidance):
 def test_share_grid_mixes_only_the_coarse_scores_and_each_view_keeps_its_detail(guidance):
     """``share_grid=1``: the kernel mixes each score's channel means; every particle adds its own detail
     ``s_i − mean(s_i)``, so no other particle's detail reaches it. Written out against the whole-score step."""
-    from csd2d.kernel import coarse_scores, csd_gradient
+    from csd2d.kernel import csd_gradient, rbf_kernel
 
     target, source, emb_t, emb_s, noise = _inputs(guidance, n=3)
     t = torch.tensor([300])
@@ -124,7 +124,6 @@ def test_share_grid_mixes_only_the_coarse_scores_and_each_view_keeps_its_detail(
     # with the paper's 1/N, the particle's own detail shrinks with its row sum as the mixed part does
     counted = csd_edit_step(guidance, target, source, emb_t, emb_s, StepConfig(share_grid=1, normalization="count"),
                             noise=noise, t=t)
-    from csd2d.kernel import rbf_kernel
     k, _ = rbf_kernel(noisy)
     share = (k.sum(0) / 3).reshape(3, 1, 1, 1)  # Σ_j k(z_j, z_i) / N
     ref = (1 - abar) * (share * (s - mean) + csd_gradient(mean, noisy, repulsion=1.0, normalization="count"))
