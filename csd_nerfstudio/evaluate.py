@@ -48,6 +48,10 @@ Metrics (:func:`view_metrics`; renders and photos at the edit resolution, in [0,
   from its base on has no such place (csd-edit-tiny's default, ``TINY_APPEARANCE_EMBEDDING``; the renders of both
   kinds are then the same and only ``views`` is written): there the joint arm's renders spread 0.0107 against the
   kernel-off arm's 0.0138 (0.78×, 114° and 115°).
+- **edit_inconsistency_excess** (``--consistent``): ``edit_inconsistency`` less the floor's on the same seed, the
+  floor being the reference arm rerun with one colour map shared by every view in place of its edit
+  (:mod:`csd_nerfstudio.consistent`): what the arm's edits add over a perfectly consistent edit of its strength.
+  The report's ``…_excess`` ratios compare arms by it.
 - **strength**: :func:`csd2d.tiny.edits.edit_strength` of the renders against the photos (hue shift in degrees for
   ``recolor it``, relative luma drop for ``make it night``, mean absolute change otherwise).
 - **inconsistency_per_strength**: inconsistency ÷ strength (without ``--match-strength`` the arms are compared
@@ -88,7 +92,7 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Sequence
+from typing import Callable, Dict, List, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -99,7 +103,7 @@ from csd2d import sheets
 from csd2d.io import write_text_atomic
 
 from .benchmark import peak_memory, train_measured
-from . import matching
+from . import consistent, matching
 from .config import FAST_NORMALIZATION, FAST_ROUNDS, METHODS, method_config
 
 __all__ = ["ARMS", "EvalArgs", "view_metrics", "run_eval"]
@@ -247,7 +251,13 @@ def run_arm(spec: Dict) -> None:
     if spec.get("load_dir"):
         config.load_dir = Path(spec["load_dir"])
     counter = {"samples": 0}
-    pipe, cost = train_measured(config, before_train=lambda p: _count_unet(p.guidance, counter))
+
+    def before_train(pipe) -> None:
+        _count_unet(pipe.guidance, counter)
+        if spec.get("colour_map") is not None:  # the --consistent floor: one colour map stands in for the edit
+            consistent.install(pipe, torch.tensor(spec["colour_map"]))
+
+    pipe, cost = train_measured(config, before_train=before_train)
     renders = _render_all(pipe, config.pipeline.render_max_side, spec["path_frames"])
     tmp = out / "renders.tmp.npz"
     np.savez_compressed(tmp, **renders)
@@ -371,6 +381,11 @@ class EvalArgs:
     """What --match-strength matches: the renders' strength (what a user sees), or the edits' (edits_strength,
     the training images before the fit: a function of the seed and the knob alone, so the search repeats
     exactly; the renders also hold the fit, see edits_inconsistency)."""
+    consistent: bool = False
+    """Also fit, for each seed, a perfectly consistent edit of the reference arm's strength (--match-strength, else
+    the first arm): its schedule with the edit replaced by one colour map shared by all views. Its renders' edit
+    inconsistency is the metric's floor there; the report adds each arm's excess over it
+    (csd_nerfstudio.consistent)."""
 
 
 def _run_child(spec: Dict, log: Path) -> Optional[str]:
@@ -418,7 +433,8 @@ def _mean(entries: List[Dict]) -> Dict[str, float]:
 
 
 def _markdown(report: Dict) -> str:
-    cols = ["edit_inconsistency", "inconsistency", "strength", "edit_inconsistency_per_strength",
+    cols = ["edit_inconsistency", "edit_inconsistency_excess", "inconsistency", "strength",
+            "edit_inconsistency_per_strength",
             "edits_inconsistency", "edits_strength", "edit_inconsistency_own", "fit_psnr", "fit_psnr_own",
             "structure_psnr", "structure_r2", "contrast", "psnr_to_photos", "seconds", "unet_samples", "peak_rss_mib"]
     ref = next((a for a, e in report["arms"].items() if e.get("match", {}).get("reference")), None)
@@ -435,6 +451,9 @@ def _markdown(report: Dict) -> str:
              "| arm | status | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     rows = {"original scene": ({}, report["base"].get("metrics", {}))}
     rows.update({arm: (entry, entry.get("mean", {})) for arm, entry in report["arms"].items()})
+    floor = report.get("consistent")
+    if floor:
+        rows[f"consistent (floor: {floor['reference']}'s mean colour map)"] = ({}, floor.get("mean", {}))
     for name, (entry, m) in rows.items():
         status = _status(entry) if name in report["arms"] else ""
         cells = [f"{m[c]:.4g}" if c in m else "–" for c in cols]
@@ -514,6 +533,13 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
     iterations = args.iterations
     if iterations is None:
         iterations = METHODS[args.method].config.max_num_iterations - METHODS[args.method].config.pipeline.pretrain_steps
+    if args.consistent:
+        floor_ref = args.match_strength or args.arms[0]
+        mode = method_config(args.method, args.data, args.output, 1,
+                             {**settings, **arm_settings(floor_ref, iterations)}).pipeline.mode
+        if mode != "dataset":
+            raise ValueError(f"--consistent: expected a reference arm in dataset mode (its edits are images that one "
+                             f"colour map can stand in for), got {floor_ref!r} in mode {mode!r}")
     args.output.mkdir(parents=True, exist_ok=True)
     common = {"method": args.method, "data": str(args.data.resolve()), "path_frames": args.path_frames}
 
@@ -547,14 +573,17 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
     renders: Dict[str, Dict[int, Dict[str, np.ndarray]]] = {}
     loaded: Dict[str, Dict[str, np.ndarray]] = {}
 
-    def measure(arm: str, seed: int, extra: Dict) -> Dict:
+    def measure(arm: str, seed: int, extra: Dict, colour_map: Optional[List] = None) -> Dict:
         """One run of ``arm`` at ``seed`` with settings ``extra`` on top (a --match-strength try): its metrics,
-        or ``{"error": ...}``. Runs with other settings get folders of their own, so --reuse skips each."""
-        name = f"{arm}-seed{seed}" + "".join(f"-{k}={v:g}" for k, v in extra.items())
+        or ``{"error": ...}``. Runs with other settings get folders of their own, so --reuse skips each. With
+        ``colour_map``, the --consistent floor of ``arm`` (:func:`csd_nerfstudio.consistent.install`)."""
+        name = ("consistent-" if colour_map is not None else "") + f"{arm}-seed{seed}" + "".join(
+            f"-{k}={v:g}" for k, v in extra.items())
         d = args.output / "arms" / name
         if str(d) not in loaded:
             spec = {**common, "arm": arm, "seed": seed, "dir": str(d), "iterations": iterations,
-                    "settings": {**settings, **arm_settings(arm, iterations), **extra}, "load_dir": load_dir}
+                    "settings": {**settings, **arm_settings(arm, iterations), **extra}, "load_dir": load_dir,
+                    "colour_map": colour_map}
             error = None if done(d) else _run(spec, args.output / "arms" / f"{name}.log", args.isolate)
             if error is not None:
                 print(f"[evaluate] {name} failed (reported; the other arms go on)", flush=True)
@@ -611,6 +640,8 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
             entry["mean"] = _mean(ok)
             entry["mean"]["collapsed"] = entry["collapsed"] = any(m["collapsed"] for m in ok)
     renders = {a: renders[a] for a in args.arms if a in renders}  # --arms order for the pictures
+    if args.consistent:
+        floor_renders = _consistent_floor(report, ref or args.arms[0], renders, measure, loaded, args.output)
     means = {arm: e["mean"] for arm, e in report["arms"].items() if "mean" in e}
     excluded = {arm: reason for arm in means if (reason := _not_comparable(report["arms"][arm]))}
     if excluded:
@@ -621,6 +652,10 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
                         "inconsistency_per_strength", "edits_inconsistency", "edit_inconsistency_own"):
                 if key in means[first] and key in means[other]:
                     report["ratios"][f"{key} {first} / {other}"] = means[first][key] / max(means[other][key], 1e-12)
+            for key in consistent.EXCESS_KEYS:
+                pair = [report["arms"][a].get("excess", {}).get(key) for a in (first, other)]
+                if all(pair) and (ratio := consistent.excess_ratio(*pair)) is not None:
+                    report["ratios"][f"{key}_excess {first} / {other}"] = ratio
     # Pictures for people: the first seed that every drawn arm finished.
     seed = next((s for s in args.seeds if all(s in renders.get(a, {}) for a in renders)), None)
     if seed is not None and renders:
@@ -629,11 +664,44 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
         for s in args.seeds:
             rows = {"photos": base["photos"], "original scene": base["views"],
                     **{a: renders[a][s]["views"] for a in order if s in renders[a]}}
+            if args.consistent and s in floor_renders:
+                rows["consistent (floor)"] = floor_renders[s]["views"]
             write_contact_sheet(args.output / f"contact_seed{s}.png", rows)
         report["pictures"] = {"gif": "path.gif", "gif_seed": seed,
                               "contact_sheets": [f"contact_seed{s}.png" for s in args.seeds]}
     _write_report(args.output, report)
     return report
+
+
+def _consistent_floor(report: Dict, ref: str, renders: Dict, measure: Callable, loaded: Dict,
+                      output: Path) -> Dict[int, Dict[str, np.ndarray]]:
+    """--consistent: for each seed ``ref`` finished, fit the floor (one colour map for every view, the mean of
+    ``ref``'s maps photo → its edits on that seed) and add ``report["consistent"]``, each arm's per-seed and mean
+    ``…_excess`` over it, and ``report["arms"][arm]["excess"]`` (per-seed lists for the ratios). Returns the
+    floor's renders by seed."""
+    floor = {"reference": ref, "seeds": {}, "colour_maps": {}}
+    out: Dict[int, Dict[str, np.ndarray]] = {}
+    for seed, r in renders.get(ref, {}).items():
+        colour_map = consistent.shared_colour_map(_float(r["photos"]), _float(r["train"]))
+        floor["colour_maps"][seed] = colour_map.tolist()
+        m = measure(ref, seed, {}, colour_map=colour_map.tolist())
+        floor["seeds"][seed] = m
+        if "error" not in m:
+            out[seed] = loaded[str(output / "arms" / m["run"])]
+    ok = [m for m in floor["seeds"].values() if "error" not in m]
+    if ok:
+        floor["mean"] = _mean(ok)
+    report["consistent"] = floor
+    for entry in report["arms"].values():
+        for key in consistent.EXCESS_KEYS:
+            per_seed = consistent.excess(entry["seeds"], floor["seeds"], key)
+            if not per_seed or "mean" not in entry:
+                continue
+            for s, value in per_seed.items():
+                entry["seeds"][s][f"{key}_excess"] = value
+            entry.setdefault("excess", {})[key] = list(per_seed.values())
+            entry["mean"][f"{key}_excess"] = float(np.mean(list(per_seed.values())))
+    return out
 
 
 def _not_comparable(entry: Dict) -> Optional[str]:

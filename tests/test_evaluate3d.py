@@ -115,7 +115,7 @@ def test_overrides_parse_and_bad_ones_are_named():
 def test_evaluate_writes_report_pictures_and_survives_a_crashed_arm(sphere_scene, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setitem(evaluate.ARMS, "broken", {"edit.lr": -1.0})
     out = tmp_path / "eval"
-    args = evaluate.EvalArgs(data=sphere_scene, output=out, arms=["csd", "broken"], seeds=[0],
+    args = evaluate.EvalArgs(data=sphere_scene, output=out, arms=["csd", "broken"], seeds=[0], consistent=True,
                              pretrain_steps=20, iterations=4, path_frames=6,
                              set=["edit-rate=2", "edit.steps=3", "edit.batch=3",
                                   "model.use-appearance-embedding=true"])  # csd-edit-tiny fits none
@@ -127,6 +127,20 @@ def test_evaluate_writes_report_pictures_and_survives_a_crashed_arm(sphere_scene
     assert metrics["peak_rss_mib"] > 100 and "edit_inconsistency" in metrics
     assert metrics["edit_inconsistency_own"] > 0 and metrics["fit_psnr_own"] > 0  # own-embedding renders too
     assert report["arms"]["csd"]["mean"]["fit_psnr"] == metrics["fit_psnr"]
+    # --consistent: csd's schedule rerun with one colour map for every view in place of the edit, and no UNet.
+    floor = saved["consistent"]
+    assert floor["reference"] == "csd" and floor["seeds"]["0"]["unet_samples"] == 0
+    assert floor["seeds"]["0"]["updates"] == 2
+    shared = torch.tensor(floor["colour_maps"]["0"])
+    floor_renders = np.load(out / "arms" / floor["seeds"]["0"]["run"] / "renders.npz")
+    photos, train = (torch.from_numpy(floor_renders[k]).permute(0, 3, 1, 2).float() / 255 for k in ("photos", "train"))
+    mapped = torch.stack([apply_colour_map(p, shared) for p in photos]).clamp(0, 1)
+    edited = (train - photos).abs().amax(dim=(1, 2, 3)) > 0.05
+    assert edited.any()
+    assert (train[edited] - mapped[edited]).abs().mean() < 2 / 255  # every edited view: the one shared map
+    assert metrics["edit_inconsistency_excess"] == pytest.approx(
+        metrics["edit_inconsistency"] - floor["seeds"]["0"]["edit_inconsistency"])
+    assert "consistent (floor: csd's mean colour map)" in (out / "report.md").read_text()
     gif = Image.open(out / "path.gif")
     view = (gif.width - GUTTER) // 2  # original | csd side by side, each enlarged, under its label
     assert gif.n_frames == 6 and view >= MIN_VIEW_SIDE and gif.height > view
