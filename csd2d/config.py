@@ -151,7 +151,7 @@ class StepConfig:
     overall direction (which tint, which way the hue turns) without pasting each other's content where they do not
     overlap; repulsion and the kernel's distances are unchanged. Source: paper (None). Ours, 3D joint schedule (face at 64 px, 30 views, one
     round, 200 fit steps, lr 0.1, bandwidth-scale 4, seeds 0–2; renders' edit inconsistency, against the kernel-off
-    arm at the same strength; evaluate's joint-coarse arm): 'make it night' 0.0093 against 0.0094 (0.99×), with
+    arm at the same strength; evaluate's joint arm, csd-edit-tiny-fast's default, then named joint-coarse): 'make it night' 0.0093 against 0.0094 (0.99×), with
     structure 32.2 dB against the kernel-off arm's 32.4, where the whole score gave 0.0115 (1.23×) at 29.5 dB;
     'recolor it' 0.0098 against 0.0138 (0.71×), the whole score 0.0099 (0.72×); seed 0 again with the detail's
     weight computed (1 up to rounding): 0.0096 against 0.0095. On the made textured scene (30 views, the same

@@ -104,23 +104,20 @@ from csd2d.io import write_text_atomic
 
 from .benchmark import peak_memory, train_measured
 from . import consistent, matching
-from .config import FAST_NORMALIZATION, FAST_ROUNDS, METHODS, method_config
+from .config import (FAST_NORMALIZATION, FAST_ROUNDS, METHODS, TINY_FAST_BANDWIDTH_SCALE, TINY_FAST_SHARE_GRID,
+                     method_config)
 
 __all__ = ["ARMS", "EvalArgs", "view_metrics", "run_eval"]
 
-_JOINT = {"update": "csd", "schedule": "joint", "joint.rounds": FAST_ROUNDS, "edit.normalization": FAST_NORMALIZATION}
+_JOINT = {"update": "csd", "schedule": "joint", "joint.rounds": FAST_ROUNDS, "edit.normalization": FAST_NORMALIZATION,
+          "edit.share_grid": TINY_FAST_SHARE_GRID, "edit.bandwidth_scale": TINY_FAST_BANDWIDTH_SCALE}
+_WHOLE = {"edit.share_grid": None, "edit.bandwidth_scale": 1.0}  # the kernel mixes the whole score (the paper)
 
 ALIGNED_BANDWIDTH_SCALE = 16.0
 """The joint-aligned arm's kernel width (csd2d.config.StepConfig.bandwidth_scale). Ours: face at 64 px, 30 views,
 joint schedule, 'recolor it', 200 steps: aligned edit inconsistency 0.0124, 0.0119, 0.0109 and 0.0110 at scales 1,
 4, 16 and 64 (seed 0, hue 120–124°); unaligned 0.0127, 0.0162 and 0.0186 at 1, 4 and 16. A wide kernel helps
 only once the scores it mixes are aligned."""
-
-COARSE_BANDWIDTH_SCALE = 4.0
-"""The joint-coarse arm's kernel width; it mixes only the scores' channel means (csd2d.config.StepConfig.share_grid
-1, whose docstring has the arm's measurement). Ours, face at 64 px without appearance embeddings, 'recolor it',
-seeds 0–2: with the whole score a scale of 4 gave renders' edit inconsistency 0.0099 (0.72× the kernel-off arm's)
-against 0.0107 at 1 (0.78×), but 'make it night' 0.0115 (1.22×) against 1.09–1.13× at 1."""
 
 ARMS: Dict[str, Dict] = {
     "csd": {"update": "csd"},
@@ -131,23 +128,23 @@ ARMS: Dict[str, Dict] = {
     "joint": _JOINT,
     "joint-independent": {**_JOINT, "edit.coupling": False},
     "csd-aligned": {"update": "csd", "edit.align": "depth"},
-    "joint-aligned": {**_JOINT, "edit.align": "depth", "edit.bandwidth_scale": ALIGNED_BANDWIDTH_SCALE},
-    "joint-coarse": {**_JOINT, "edit.share_grid": 1, "edit.bandwidth_scale": COARSE_BANDWIDTH_SCALE},
+    "joint-whole": {**_JOINT, **_WHOLE},
+    "joint-aligned": {**_JOINT, **_WHOLE, "edit.align": "depth", "edit.bandwidth_scale": ALIGNED_BANDWIDTH_SCALE},
 }
 """Arms: pipeline settings on top of the method's. ``independent`` is the csd update with the kernel off (the same
 views and UNet evaluations); ``csd-random-views`` draws the views at random as the paper's 3D schedule does;
 ``csd-carry-1`` is the update before it was bounded (each update starts from the render); ``joint`` is
-csd-edit-fast's joint schedule (every training view edited together, csd_nerfstudio.joint) and
-``joint-independent`` the same with the kernel off; ``csd-aligned`` and ``joint-aligned`` are csd and joint with
-the kernel mixing depth-warped scores (``edit.align depth``, csd2d.align), joint-aligned with a wider kernel
-(:data:`ALIGNED_BANDWIDTH_SCALE`); ``joint-coarse`` is joint with the kernel mixing only the scores' channel means
-(``edit.share-grid 1``, :data:`COARSE_BANDWIDTH_SCALE`). A joint arm's rounds share the arm's editing steps
-(``joint.fit_steps`` = iterations / rounds, see :func:`arm_settings`)."""
+csd-edit-tiny-fast's joint schedule (every training view edited together, csd_nerfstudio.joint; its kernel mixing
+only the scores' channel means, csd_nerfstudio.config.TINY_FAST_SHARE_GRID) and ``joint-independent`` the same with
+the kernel off; ``joint-whole`` is joint with the kernel mixing the whole score, as the paper and csd-edit-fast do;
+``csd-aligned`` and ``joint-aligned`` are csd and joint-whole with the kernel mixing depth-warped scores
+(``edit.align depth``, csd2d.align), joint-aligned with a wider kernel (:data:`ALIGNED_BANDWIDTH_SCALE`). A joint
+arm's rounds share the arm's editing steps (``joint.fit_steps`` = iterations / rounds, see :func:`arm_settings`)."""
 
 PAIRS = (("csd", "in2n"), ("csd", "independent"), ("joint", "in2n"), ("joint", "joint-independent"),
-         ("joint", "independent"), ("joint", "csd"), ("csd-aligned", "csd"), ("joint-aligned", "joint"),
-         ("csd-aligned", "independent"), ("joint-aligned", "joint-independent"), ("joint-coarse", "joint"),
-         ("joint-coarse", "joint-independent"), ("joint-coarse", "in2n"))
+         ("joint", "independent"), ("joint", "csd"), ("joint", "joint-whole"), ("joint-whole", "joint-independent"),
+         ("csd-aligned", "csd"), ("joint-aligned", "joint-whole"), ("csd-aligned", "independent"),
+         ("joint-aligned", "joint-independent"))
 """The ratios the report gives (first / second), where both arms ran and neither is excluded."""
 
 
@@ -159,7 +156,7 @@ def arm_settings(arm: str, iterations: int) -> Dict:
         out["joint.fit_steps"] = max(1, iterations // out.get("joint.rounds", FAST_ROUNDS))
     return out
 
-GIF_ORDER = ("in2n", "independent", "csd", "csd-aligned", "joint-independent", "joint", "joint-aligned")
+GIF_ORDER = ("in2n", "independent", "csd", "csd-aligned", "joint-independent", "joint-whole", "joint", "joint-aligned")
 
 
 def _parse_value(text: str):
@@ -344,7 +341,7 @@ class EvalArgs:
     """InstructPix2Pix model (hub id, local folder or "embedded"); --pipeline.diffusion-model."""
     arms: List[str] = dataclasses.field(default_factory=lambda: ["csd", "in2n", "independent"])
     """Arms to run (see ARMS): csd, in2n, independent, csd-random-views, csd-carry-1, joint, joint-independent,
-    csd-aligned, joint-aligned."""
+    joint-whole, csd-aligned, joint-aligned."""
     seeds: List[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     """Seeds: each arm runs once per seed (edit.seed and the machine seed)."""
     method: str = "csd-edit-tiny"

@@ -205,9 +205,10 @@ def test_joint_edits_views_more_consistently_than_with_the_kernel_off_at_matched
     is searched to the joint arm's render strength; two seeds, both must win, and their edits (the training images
     before the fit) must agree better too. csd-edit-tiny fits no appearance embedding
     (csd_nerfstudio.config.TINY_APPEARANCE_EMBEDDING), so the renders show what the edits disagree about; the fit
-    is deterministic on a CPU (csd_nerfstudio.benchmark.train_measured). Our measurement at this size: renders
-    0.0332 / 0.0363 against 0.0359 / 0.0397 at 42° (0.92×; the kernel-off arm matched at lr 0.058 on its third
-    try), edits 0.0427 / 0.0447 against 0.0468 / 0.0491 (0.91×)."""
+    is deterministic on a CPU (csd_nerfstudio.benchmark.train_measured). Our measurement at this size, with joint
+    mixing the scores' channel means (csd-edit-tiny-fast's TINY_FAST_SHARE_GRID): renders 0.0241 / 0.0233 against
+    0.0383 / 0.0429 at 44° (0.59×; the kernel-off arm matched at lr 0.063 on its third try); with the whole score
+    it had been 0.0332 / 0.0363 against 0.0359 / 0.0397 at 42° (0.92×). The ratio must meet issue 20's 0.8×."""
     from csd_nerfstudio.scenes import write_textured_scene
 
     scene = write_textured_scene(tmp_path / "scene", views=12, size=64, seed=0)
@@ -221,6 +222,6 @@ def test_joint_edits_views_more_consistently_than_with_the_kernel_off_at_matched
     for s in seeds:
         assert abs(joint[s]["strength"]) > 10, joint[s]  # an edit happened
         assert abs(off[s]["strength"] / joint[s]["strength"] - 1) < 0.1, (joint[s], off[s])
-        assert joint[s]["edit_inconsistency"] < 0.97 * off[s]["edit_inconsistency"], (s, joint[s], off[s])
+        assert joint[s]["edit_inconsistency"] < 0.9 * off[s]["edit_inconsistency"], (s, joint[s], off[s])
         assert joint[s]["edits_inconsistency"] < 0.97 * off[s]["edits_inconsistency"], (s, joint[s], off[s])
-    assert report["ratios"]["edit_inconsistency joint / joint-independent"] < 0.96
+    assert report["ratios"]["edit_inconsistency joint / joint-independent"] < 0.8

@@ -244,7 +244,8 @@ def test_joint_needs_the_dataset_mode(scene, tmp_path):
 def test_joint_arms_of_the_evaluation_share_the_editing_steps(scene, tmp_path):
     """evaluate's joint arms: csd-edit-fast's rounds and normalisation, the arm's steps split over the rounds, and
     the kernel off in joint-independent only; the settings build a valid pipeline."""
-    from csd_nerfstudio.config import FAST_NORMALIZATION, FAST_ROUNDS, csd_edit_fast, method_config
+    from csd_nerfstudio.config import (FAST_NORMALIZATION, FAST_ROUNDS, csd_edit_fast, csd_edit_tiny_fast,
+                                       method_config)
     from csd_nerfstudio.evaluate import PAIRS, arm_settings
 
     joint, off = arm_settings("joint", 200), arm_settings("joint-independent", 200)
@@ -252,8 +253,14 @@ def test_joint_arms_of_the_evaluation_share_the_editing_steps(scene, tmp_path):
     assert {k: v for k, v in off.items() if k != "edit.coupling"} == joint and off["edit.coupling"] is False
     pipe = method_config("csd-edit-tiny", scene, tmp_path, 200, joint).pipeline
     assert (pipe.schedule, pipe.joint.rounds, pipe.edit.normalization) == ("joint", FAST_ROUNDS, FAST_NORMALIZATION)
+    # The joint arm is csd-edit-tiny-fast's edit (the coarse mix); joint-whole is csd-edit-fast's (the whole score).
+    tiny_fast, fast = csd_edit_tiny_fast.config.pipeline.edit, csd_edit_fast.config.pipeline.edit
+    assert (pipe.edit.share_grid, pipe.edit.bandwidth_scale) == (tiny_fast.share_grid, tiny_fast.bandwidth_scale)
+    assert tiny_fast.share_grid is not None and fast.share_grid is None and fast.bandwidth_scale == 1.0
+    whole = method_config("csd-edit-tiny", scene, tmp_path, 200, arm_settings("joint-whole", 200)).pipeline.edit
+    assert (whole.share_grid, whole.bandwidth_scale) == (fast.share_grid, fast.bandwidth_scale)
     assert csd_edit_fast.config.pipeline.joint.rounds == FAST_ROUNDS
-    assert ("joint", "joint-independent") in PAIRS and ("joint", "in2n") in PAIRS
+    assert ("joint", "joint-independent") in PAIRS and ("joint", "in2n") in PAIRS and ("joint", "joint-whole") in PAIRS
 
 
 @pytest.mark.slow
