@@ -6,7 +6,7 @@
 
 It writes a textured object seen by cameras on a turntable (:func:`csd_nerfstudio.scenes.write_textured_scene`,
 textures from scikit-image's bundled photos) to ``OUTPUT/data``, fits it with ``csd-edit-tiny`` and edits it with
-CSD's joint schedule (every view edited together, csd-edit-fast's) and with IN2N's update
+CSD's joint schedule (every view edited together, csd-edit-tiny-fast's) and with IN2N's update
 (:mod:`csd_nerfstudio.evaluate`, one seed), by default with "make it night". ``OUTPUT/path.gif`` is the turntable
 side by side (original | in2n | joint) and ``OUTPUT/contact_seed0.png`` six
 training views per row (photos, original scene, each arm), every view enlarged to at least 256 px and labelled
@@ -53,7 +53,7 @@ class DemoArgs:
     on its rainbow floor; "recolor it" turned the hue 28° (CSD) to 41° (IN2N) there, hard to see (our measurement,
     seed 0)."""
     arms: List[str] = dataclasses.field(default_factory=lambda: ["joint", "in2n"])
-    """Arms to compare (see csd_nerfstudio.evaluate.ARMS). joint, csd-edit-fast's schedule, is the one that wins
+    """Arms to compare (see csd_nerfstudio.evaluate.ARMS). joint, csd-edit-tiny-fast's schedule, is the one that wins
     on "make it night" (python -m csd_nerfstudio.evaluate at matched strength, 3 seeds, 64 px): it kept the face
     scene where the iterative csd update collapsed, and on the textured scene its edit inconsistency was 0.0094 at a
     darkening of 0.93 against the iterative update's 0.0126 at 0.84 (README)."""

@@ -430,8 +430,8 @@ def _mean(entries: List[Dict]) -> Dict[str, float]:
 
 
 def _markdown(report: Dict) -> str:
-    cols = ["edit_inconsistency", "edit_inconsistency_excess", "inconsistency", "strength",
-            "edit_inconsistency_per_strength",
+    cols = ["edit_inconsistency", *(["edit_inconsistency_excess"] if report.get("consistent") else []),
+            "inconsistency", "strength", "edit_inconsistency_per_strength",
             "edits_inconsistency", "edits_strength", "edit_inconsistency_own", "fit_psnr", "fit_psnr_own",
             "structure_psnr", "structure_r2", "contrast", "psnr_to_photos", "seconds", "unet_samples", "peak_rss_mib"]
     ref = next((a for a, e in report["arms"].items() if e.get("match", {}).get("reference")), None)
