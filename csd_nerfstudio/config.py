@@ -209,11 +209,11 @@ TINY_FAST_SHARE_GRID = 1
 """csd-edit-tiny-fast's --pipeline.edit.share-grid: the kernel mixes only each score's channel means and every view
 keeps the rest of its own score (csd2d.config.StepConfig.share_grid). Ours, embedded model, one joint round, 200 fit
 steps, seeds 0–2, renders' edit inconsistency at matched strength (python -m csd_nerfstudio.evaluate --arms joint
-joint-independent joint-whole --match-strength joint): on face at 64 px (30 views) and the made textured scene
-(30 views), for 'recolor it' and 'make it night', it was below the whole score's every time (0.71×, 0.99×, 0.64×
-and 0.82× the kernel-off arm, against the whole score's 0.78×, 1.09×, 0.98× and 1.00×) and kept 1–1.5 dB more
-structure at night. csd-edit-fast keeps the paper's whole score: the embedded model's edits are colour filters,
-and whether a real model's shape edit needs the detail shared was not measured."""
+joint-independent joint-whole --match-strength joint --consistent; README, *The metric's floor*): on face at 64 px
+(30 views) and the made textured scene (27 training views), 'recolor it' and 'make it night', 0.71×, 0.99×, 0.54×
+and 0.82× the kernel-off arm, where the whole score gave 0.78×, 1.09×, 0.83× and 1.00×, with 1.1–1.3 dB more
+structure at night. csd-edit-fast keeps the paper's whole score: the embedded model's edits are colour filters, and
+whether a real model's shape edit needs the detail shared was not measured."""
 TINY_FAST_BANDWIDTH_SCALE = 4.0
 """csd-edit-tiny-fast's --pipeline.edit.bandwidth-scale with the coarse mix. Ours, the measurement of
 TINY_FAST_SHARE_GRID: the coarse mix was run at 4 only; with the whole score a scale of 4 gave 0.72× the

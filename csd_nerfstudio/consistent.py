@@ -13,8 +13,11 @@ edited the same way, at close to the reference's strength, and what its renders 
 at that strength. The report gives each arm's ``edit_inconsistency_excess`` (its edit inconsistency less the
 floor's on the same seed, whose fit drew the same rays) and the ratios of the excesses.
 
-Our measurement of the floor before this run existed: face at 64 px, 'recolor it', a perfectly consistent 113° hue
-rotation rendered at 0.0082 (csd_nerfstudio.evaluate's docstring), where the joint arm scored 0.0098.
+Our measurement (face at 64 px and the made textured scene, csd-edit-tiny-fast's joint arm as the reference, one
+round, 200 fit steps, seeds 0–2; README, *The metric's floor*): the floor is 0.0019–0.0034 on both scenes for
+'recolor it' and 'make it night', a quarter to a seventh of any arm's edit inconsistency, so what the arms leave is
+their edits' disagreement, not the fit's. (A 113° hue rotation of every photo, an earlier probe, rendered at
+0.0082 on another face base: a hue rotation is not an affine colour map once clipped, and its edits spread 0.0083.)
 """
 
 from __future__ import annotations
