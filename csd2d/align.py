@@ -151,17 +151,19 @@ def aligned_csd_gradient(
     normalization: Normalization,
     bandwidth: Optional[float] = None,
     bandwidth_scale: Optional[float] = None,
-) -> Float[Tensor, "N C h w"]:
+    with_weight: bool = False,
+):
     """CSD's descent direction with each score warped onto the receiving particle's grid (module docstring).
 
     Args:
         scores: per-particle scores ``s_j`` (noise convention, as :func:`csd2d.kernel.csd_gradient`).
         particles: the points the kernel is evaluated on (the noisy target latents), same shape.
         warps: ``N`` particles' warps and masks at the latents' resolution.
-        repulsion / normalization / bandwidth / bandwidth_scale: as :func:`csd2d.kernel.csd_gradient`.
+        repulsion / normalization / bandwidth / bandwidth_scale / with_weight: as :func:`csd2d.kernel.csd_gradient`;
+            the weight is per pixel here (``Σ_j k_ji M_ji / Z_i``, ``[N, 1, h, w]``), as the masks are.
 
     Returns:
-        The descent direction, same shape and dtype as ``scores``.
+        The descent direction, same shape and dtype as ``scores``; with ``with_weight``, ``(direction, weight)``.
     """
     if scores.shape != particles.shape or scores.ndim != 4:
         raise ValueError(f"scores: expected the shape of particles [N, C, h, w] {tuple(particles.shape)}, "
@@ -194,8 +196,11 @@ def aligned_csd_gradient(
     repel = (2.0 / h) * (torch.einsum("ji,jchw->ichw", k, x) - x * row_sum)
     if normalization == "row":
         g = drive / z_pix + repulsion * repel / row_sum
+        weight = z_pix / z_pix
     elif normalization == "mean":
         g = drive / z_pix.mean() + repulsion * repel / row_sum.mean()
+        weight = z_pix / z_pix.mean()
     else:
         g = (drive + repulsion * repel) / n
-    return g.to(scores.dtype)
+        weight = z_pix / n
+    return (g.to(scores.dtype), weight) if with_weight else g.to(scores.dtype)

@@ -114,13 +114,14 @@ def csd_edit_step(
         max_batch=config.max_batch,
     )
 
-    def mix(scores: Tensor, repulsion: float) -> Tensor:
+    def mix(scores: Tensor, repulsion: float, with_weight: bool = False):
         if warps is not None:
             return aligned_csd_gradient(scores, res.noisy_targets, warps, bandwidth=config.bandwidth,
                                         bandwidth_scale=config.bandwidth_scale, repulsion=repulsion,
-                                        normalization=config.normalization)
+                                        normalization=config.normalization, with_weight=with_weight)
         return csd_gradient(scores, res.noisy_targets, bandwidth=config.bandwidth, repulsion=repulsion,
-                            normalization=config.normalization, bandwidth_scale=config.bandwidth_scale)
+                            normalization=config.normalization, bandwidth_scale=config.bandwidth_scale,
+                            with_weight=with_weight)
 
     if not config.coupling:
         mixed = res.scores
@@ -128,8 +129,8 @@ def csd_edit_step(
         mixed = mix(res.scores, config.repulsion)
     else:  # only the coarse part is mixed; each particle's own detail takes the weight its mix has in all
         coarse = coarse_scores(res.scores, config.share_grid).float()
-        weight = mix(torch.ones_like(coarse), 0.0).float()  # Σ_j k_ji / Z_i: 1 with row normalization
-        mixed = weight * (res.scores.float() - coarse) + mix(coarse, config.repulsion).float()
+        mixed_coarse, weight = mix(coarse, config.repulsion, with_weight=True)  # Σ_j k_ji / Z_i: 1 with row
+        mixed = weight.float() * (res.scores.float() - coarse) + mixed_coarse.float()
     grad = sds_weight(guidance.alphas_cumprod, res.t).reshape(()) * mixed.float()  # w(t) weights the whole update
     return StepResult(grad=grad.to(target_latents.dtype), scores=res.scores, t=res.t)
 

@@ -115,7 +115,8 @@ def csd_gradient(
     normalization: Normalization,
     bandwidth: Optional[float] = None,
     bandwidth_scale: Optional[float] = None,
-) -> Float[Tensor, "N ..."]:
+    with_weight: bool = False,
+):
     """SVGD descent direction of Collaborative Score Distillation (Kim et al. 2023, eq. 6), normalised per particle.
 
     ``g_i = (1/Z_i) Σ_j [ k(x_j, x_i) · s_j − repulsion · ∇_{x_j} k(x_j, x_i) ]``
@@ -143,9 +144,12 @@ def csd_gradient(
         bandwidth: fixed RBF bandwidth ``h``; ``None`` uses the median heuristic.
         bandwidth_scale: multiplies the median heuristic's ``h``; None is 1
             (:attr:`csd2d.config.StepConfig.bandwidth_scale`).
+        with_weight: also return each particle's total weight ``Σ_j k_ji / Z_i`` (1 with ``"row"``), shaped
+            ``[N, 1, ...]`` to broadcast against ``scores``: what the drive of a field of ones would be
+            (``share_grid`` gives each particle's own detail this weight, :func:`csd2d.csd.csd_edit_step`).
 
     Returns:
-        The descent direction, same shape and dtype as ``scores``.
+        The descent direction, same shape and dtype as ``scores``; with ``with_weight``, ``(direction, weight)``.
     """
     if scores.shape != particles.shape:
         raise ValueError(
@@ -163,7 +167,10 @@ def csd_gradient(
     repel = (2.0 / h) * (k @ flat_x - flat_x * row_sum)
     z = {"row": row_sum, "mean": row_sum.mean(), "count": particles.shape[0]}[normalization]
     g = (drive + repulsion * repel) / z
-    return g.reshape(scores.shape).to(scores.dtype)
+    g = g.reshape(scores.shape).to(scores.dtype)
+    if not with_weight:
+        return g
+    return g, (row_sum / z).reshape((-1,) + (1,) * (scores.ndim - 1))
 
 
 def coarse_scores(scores: Float[Tensor, "N C h w"], grid: int) -> Float[Tensor, "N C h w"]:

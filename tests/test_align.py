@@ -80,3 +80,23 @@ def test_bad_warps_are_named():
         aligned_csd_gradient(s, s, IdentityWarps(2, 6, 7), repulsion=1.0, normalization="row")
     with pytest.raises(ValueError, match="mask: expected shape"):
         GridWarps(torch.zeros(2, 2, 3, 3, 2), torch.zeros(2, 2, 3, 4))
+
+
+@pytest.mark.parametrize("normalization", ["row", "mean", "count"])
+def test_the_returned_weight_is_what_mixing_ones_gives(normalization):
+    """with_weight's Σ_j k_ji M_ji / Z_i (share-grid's weight for each view's own detail) without a second mix."""
+    gen = torch.Generator().manual_seed(3)
+    n, h, w = 3, 6, 7
+    s, x = torch.randn(n, 4, h, w, generator=gen), torch.randn(n, 4, h, w, generator=gen)
+    mask = (torch.rand(n, n, h, w, generator=gen) > 0.3).float()  # some pixels unseen: the weight varies by pixel
+    grid = to_sample_grid(pixel_grid(h, w), h, w)
+    warps = GridWarps(grid.expand(n, n, h, w, 2).clone(), mask)
+    ones = torch.ones_like(s)
+    for mixer, kwargs in ((aligned_csd_gradient, {"warps": warps}), (csd_gradient, {})):
+        args = (s, x, *kwargs.values())
+        g, weight = mixer(*args, repulsion=1.0, normalization=normalization, with_weight=True)
+        assert torch.equal(g, mixer(*args, repulsion=1.0, normalization=normalization))
+        by_ones = mixer(ones, x, *kwargs.values(), repulsion=0.0, normalization=normalization)
+        assert torch.allclose(weight.expand_as(s), by_ones, atol=1e-6), (mixer.__name__, normalization)
+    if normalization == "row":
+        assert torch.allclose(weight, torch.ones_like(weight))
