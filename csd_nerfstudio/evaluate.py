@@ -387,9 +387,7 @@ class EvalArgs:
 
 def _run_child(spec: Dict, log: Path) -> Optional[str]:
     """Run one arm in a fresh process; None on success, else the end of its output."""
-    spec_path = Path(spec["dir"]) / "spec.json"
-    spec_path.parent.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(json.dumps(spec, indent=1))
+    spec_path = _start(spec)
     with open(log, "w") as fh:
         proc = subprocess.run([sys.executable, "-m", "csd_nerfstudio.evaluate", "_arm", str(spec_path)],
                               stdout=fh, stderr=subprocess.STDOUT)
@@ -398,9 +396,34 @@ def _run_child(spec: Dict, log: Path) -> Optional[str]:
     return f"exit {proc.returncode}: " + log.read_text()[-1500:]
 
 
+def reusable(spec: Dict) -> bool:
+    """Whether the run of ``spec`` in ``spec["dir"]`` finished (``cost.json`` and ``renders.npz``) with this very
+    spec (``spec.json``, written before it ran): --reuse must not take a folder that an arm of the same name ran
+    with other settings, such as ``joint`` before csd-edit-tiny-fast's coarse mix."""
+    d = Path(spec["dir"])
+    if not ((d / "cost.json").exists() and (d / "renders.npz").exists() and (d / "spec.json").exists()):
+        return False
+    try:
+        saved = json.loads((d / "spec.json").read_text())
+    except ValueError:
+        return False
+    return saved == json.loads(json.dumps(spec))
+
+
+def _start(spec: Dict) -> Path:
+    """Before a run: drop what an earlier run left as finished (``cost.json``, written last) and write the spec
+    (:func:`reusable` reads both)."""
+    d = Path(spec["dir"])
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "cost.json").unlink(missing_ok=True)
+    write_text_atomic(d / "spec.json", json.dumps(spec, indent=1))
+    return d / "spec.json"
+
+
 def _run(spec: Dict, log: Path, isolate: bool) -> Optional[str]:
     if isolate:
         return _run_child(spec, log)
+    _start(spec)
     try:
         run_arm(spec)
     except Exception:  # reported like a crashed process
@@ -540,8 +563,8 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
     args.output.mkdir(parents=True, exist_ok=True)
     common = {"method": args.method, "data": str(args.data.resolve()), "path_frames": args.path_frames}
 
-    def done(d: Path) -> bool:
-        return args.reuse and (d / "cost.json").exists() and (d / "renders.npz").exists()
+    def done(spec: Dict) -> bool:
+        return args.reuse and reusable(spec)
 
     # The base scene: fitted once (or loaded), rendered once.
     base_dir = args.output / "base"
@@ -551,7 +574,7 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
     report: Dict = {"command": command or command_line("csd_nerfstudio.evaluate", sys.argv[1:]), "data": str(args.data),
                     "prompt": args.prompt, "method": args.method, "seeds": args.seeds, "iterations": iterations,
                     "settings": settings, "base": {}, "arms": {}, "ratios": {}}
-    error = None if done(base_dir) else _run(base_spec, args.output / "base.log", args.isolate)
+    error = None if done(base_spec) else _run(base_spec, args.output / "base.log", args.isolate)
     if error is not None:
         report["base"] = {"error": error}
         _write_report(args.output, report)
@@ -581,7 +604,7 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
             spec = {**common, "arm": arm, "seed": seed, "dir": str(d), "iterations": iterations,
                     "settings": {**settings, **arm_settings(arm, iterations), **extra}, "load_dir": load_dir,
                     "colour_map": colour_map}
-            error = None if done(d) else _run(spec, args.output / "arms" / f"{name}.log", args.isolate)
+            error = None if done(spec) else _run(spec, args.output / "arms" / f"{name}.log", args.isolate)
             if error is not None:
                 print(f"[evaluate] {name} failed (reported; the other arms go on)", flush=True)
                 return {"error": error}

@@ -184,6 +184,10 @@ def test_evaluate_matches_strength_and_reports_collapsed_arms(tmp_path, monkeypa
     calls.clear()
     again = evaluate.run_eval(dataclasses.replace(args, reuse=True))
     assert calls == [] and again["arms"]["in2n"]["match"] == arms["in2n"]["match"]
+    # ...but an arm whose settings changed under the same name (as joint's did) runs again, and only it.
+    monkeypatch.setitem(evaluate.ARMS, "black", {"update": "csd", "carry": 0.9})
+    evaluate.run_eval(dataclasses.replace(args, reuse=True))
+    assert calls and all("/black-seed" in str(c) for c in calls), calls
 
 
 def test_black_arm_is_no_longer_ranked_consistent(tmp_path, monkeypatch):
