@@ -21,6 +21,10 @@ pixels of i that j does not see:
 - With identity warps and full masks this is :func:`csd2d.kernel.csd_gradient` (to fp32 rounding: the sums run in
   another order).
 
+With :attr:`csd2d.config.StepConfig.share_grid` as well, :func:`csd2d.csd.csd_edit_step` mixes only the scores'
+detail ``s_j − coarse(s_j)`` here, and their coarse part pixel for pixel over every particle: the particles agree on
+the edit's overall direction everywhere and share detail only where they show the same content.
+
 Memory is O(N·D): particle i's N warped scores are made, summed and dropped before particle i + 1's.
 """
 

@@ -160,7 +160,8 @@ class StepConfig:
     at night, but the scene's fit already reconciles the kernel-off arm's tints there
     (its renders spread 0.0094 against its edits' 0.0128), so the kernel gains nothing on top. In 2D the whole
     score is better (windows and frames overlap almost pixel for pixel): 0.97× and 1.38× plain CSD on the demo
-    panorama (recolor, night), 1.14× and 1.24× on the demo video (python -m csd2d.evaluate, seeds 0–2)."""
+    panorama (recolor, night), 1.14× and 1.24× on the demo video (python -m csd2d.evaluate, seeds 0–2). With
+    warps as well (align), the detail is mixed through them instead of kept (:func:`csd2d.csd.csd_edit_step`)."""
     noise: Noise = "independent"
     """How the particles are noised in a step (:data:`Noise`): independent draws (the official code's; panoramas
     crop one draw, which is shared where windows overlap) or one shared draw. Source: official code (independent).

@@ -79,6 +79,11 @@ def csd_edit_step(
     (see the module docstring). With ``config.share_grid`` only the scores' coarse part is mixed and each particle
     adds its own detail ``s_i − coarse(s_i)`` at the weight its mix has in all, ``Σ_j k(z_j, z_i) / Z_i`` (1 with
     the row normalisation; the row sum over N with count, so that both parts keep their balance). With
+    ``share_grid`` and ``warps`` both, the coarse part is mixed pixel for pixel over all particles (a cell's mean
+    does not depend on where in the cell a pixel is) and the detail ``s_j − coarse(s_j)`` is mixed through the
+    warps (:func:`csd2d.align.aligned_csd_gradient`, no repulsion of its own): the views agree on the tint
+    everywhere and share detail only where they see the same surface. With identity warps that is the whole
+    score's mix. With
     ``config.coupling = False`` every particle gets its own weighted score ``w(t) s_i`` only (independent delta
     score distillation).
 
@@ -114,8 +119,8 @@ def csd_edit_step(
         max_batch=config.max_batch,
     )
 
-    def mix(scores: Tensor, repulsion: float, with_weight: bool = False):
-        if warps is not None:
+    def mix(scores: Tensor, repulsion: float, with_weight: bool = False, aligned: bool = True):
+        if warps is not None and aligned:
             return aligned_csd_gradient(scores, res.noisy_targets, warps, bandwidth=config.bandwidth,
                                         bandwidth_scale=config.bandwidth_scale, repulsion=repulsion,
                                         normalization=config.normalization, with_weight=with_weight)
@@ -127,10 +132,14 @@ def csd_edit_step(
         mixed = res.scores
     elif config.share_grid is None:
         mixed = mix(res.scores, config.repulsion)
-    else:  # only the coarse part is mixed; each particle's own detail takes the weight its mix has in all
+    else:
         coarse = coarse_scores(res.scores, config.share_grid).float()
-        mixed_coarse, weight = mix(coarse, config.repulsion, with_weight=True)  # Σ_j k_ji / Z_i: 1 with row
-        mixed = weight.float() * (res.scores.float() - coarse) + mixed_coarse.float()
+        detail = res.scores.float() - coarse
+        if warps is None:  # only the coarse part is mixed; each particle's own detail takes its mix's weight in all
+            mixed_coarse, weight = mix(coarse, config.repulsion, with_weight=True)  # Σ_j k_ji / Z_i: 1 with row
+            mixed = weight.float() * detail + mixed_coarse.float()
+        else:  # the coarse part pixel for pixel (the same everywhere in a cell), the detail through the warps
+            mixed = mix(coarse, config.repulsion, aligned=False).float() + mix(detail, 0.0).float()
     grad = sds_weight(guidance.alphas_cumprod, res.t).reshape(()) * mixed.float()  # w(t) weights the whole update
     return StepResult(grad=grad.to(target_latents.dtype), scores=res.scores, t=res.t)
 

@@ -88,7 +88,11 @@ class SceneEditConfig(EditConfig):
     joint-aligned arm; 0.98× at 1, one seed) the joint schedule's edit inconsistency is 0.97× the plain joint
     schedule's on face with 'recolor it' and 0.94× with 'make it night' (with joint.ramp; 0.89× before it), 1.20×
     on the textured scene ('recolor it', before the ramp), and the iterative update's does not fall (1.01× at 1,
-    1.65× at 16, face, one seed; README)."""
+    1.65× at 16, face, one seed; README). With edit.share-grid (csd-edit-tiny-fast) the channel means are mixed
+    everywhere and only the detail through the warps (its joint-aligned arm; seeds 0-2, matched strength): 'recolor
+    it' 0.90× the joint arm on face and 0.77× on the textured scene, 'make it night' 0.98× on face and 0.92× on
+    the textured scene (0.75× the kernel-off arm; structure 1.0 dB lower), for about 30 % more wall time (every
+    view rendered with depth, and the warps)."""
 
     def validate(self) -> None:
         super().validate()

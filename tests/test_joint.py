@@ -259,6 +259,11 @@ def test_joint_arms_of_the_evaluation_share_the_editing_steps(scene, tmp_path):
     assert tiny_fast.share_grid is not None and fast.share_grid is None and fast.bandwidth_scale == 1.0
     whole = method_config("csd-edit-tiny", scene, tmp_path, 200, arm_settings("joint-whole", 200)).pipeline.edit
     assert (whole.share_grid, whole.bandwidth_scale) == (fast.share_grid, fast.bandwidth_scale)
+    # joint-aligned is the joint arm's coarse mix with the detail mixed through depth warps (csd2d.csd)
+    aligned = method_config("csd-edit-tiny", scene, tmp_path, 200, arm_settings("joint-aligned", 200)).pipeline.edit
+    assert (aligned.align, aligned.share_grid, aligned.bandwidth_scale) == ("depth", tiny_fast.share_grid,
+                                                                          tiny_fast.bandwidth_scale)
+    assert ("joint-aligned", "joint") in PAIRS and ("joint-whole-aligned", "joint-whole") in PAIRS
     assert csd_edit_fast.config.pipeline.joint.rounds == FAST_ROUNDS
     assert ("joint", "joint-independent") in PAIRS and ("joint", "in2n") in PAIRS and ("joint", "joint-whole") in PAIRS
 

@@ -151,3 +151,52 @@ def test_coarse_scores_are_cell_means_spread_back():
         coarse_scores(scores, 0)
     with pytest.raises(ValueError, match="share_grid"):
         StepConfig(share_grid=0)
+
+
+def test_share_grid_with_warps_mixes_the_coarse_part_everywhere_and_the_detail_through_the_warps(guidance):
+    """``share_grid`` with warps: the channel means are mixed pixel for pixel over every particle, the detail
+    ``s_j − mean(s_j)`` only where the warps say j sees i's pixel. Identity warps: the whole score's mix. A
+    one-pixel shift with a mask: the formula written out pair by pair."""
+    from csd2d.align import GridWarps, IdentityWarps, pixel_grid, to_sample_grid
+    from csd2d.kernel import csd_gradient, rbf_kernel
+
+    n = 3
+    target, source, emb_t, emb_s, noise = _inputs(guidance, n=n)
+    t = torch.tensor([300])
+    h, w = target.shape[-2:]
+    cfg = StepConfig(share_grid=1, bandwidth_scale=4.0)
+    identity = csd_edit_step(guidance, target, source, emb_t, emb_s, cfg, noise=noise, t=t,
+                             warps=IdentityWarps(n, h, w))
+    whole = csd_edit_step(guidance, target, source, emb_t, emb_s, StepConfig(bandwidth_scale=4.0), noise=noise, t=t)
+    scale = whole.grad.abs().max()
+    assert torch.allclose(identity.grad, whole.grad, atol=1e-5 * scale), (identity.grad - whole.grad).abs().max()
+
+    # particle j's pixel (x + 1, y) shows what i's pixel (x, y) shows, for every pair; the last column is unseen
+    coords = pixel_grid(h, w) + torch.tensor([1.0, 0.0])
+    seen = (coords[..., 0] < w).float()
+    grid = to_sample_grid(coords, h, w).expand(n, n, h, w, 2).clone()
+    mask = seen.expand(n, n, h, w).clone()
+    shifted = csd_edit_step(guidance, target, source, emb_t, emb_s, cfg, noise=noise, t=t,
+                            warps=GridWarps(grid, mask))
+    abar = guidance.scheduler.alphas_cumprod[t].float()
+    noisy = abar.sqrt() * target + (1 - abar).sqrt() * noise
+    s = shifted.scores.float()
+    mean = s.mean((-2, -1), keepdim=True).expand_as(s)
+    detail = s - mean
+    moved = torch.zeros_like(detail)
+    moved[..., :, :-1] = detail[..., :, 1:]  # j's detail at i's pixel: one pixel to the right, 0 off the edge
+    k, _ = rbf_kernel(noisy, bandwidth_scale=4.0)
+    ref_detail = torch.zeros_like(detail)
+    for i in range(n):
+        num = detail[i].clone()  # k_ii = 1, M_ii = 1, W_ii the identity
+        den = torch.ones(1, h, w)
+        for j in range(n):
+            if j != i:
+                num += k[j, i] * seen * moved[j]
+                den += k[j, i] * seen
+        ref_detail[i] = num / den
+    ref = (1 - abar) * (ref_detail + csd_gradient(mean, noisy, repulsion=1.0, normalization="row",
+                                                  bandwidth_scale=4.0))
+    assert torch.allclose(shifted.grad, ref, atol=1e-4 * scale), (shifted.grad - ref).abs().max() / scale
+    assert not torch.allclose(shifted.grad, identity.grad, atol=1e-2 * scale)  # the warp moved the detail
+    assert k[0, 1] > 0.1  # the kernel really mixes, so the test tells a dropped detail mix apart
