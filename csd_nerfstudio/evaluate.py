@@ -104,14 +104,15 @@ from csd2d.io import write_text_atomic
 
 from .benchmark import peak_memory, train_measured
 from . import consistent, matching
-from .config import (FAST_NORMALIZATION, FAST_ROUNDS, METHODS, TINY_FAST_BANDWIDTH_SCALE, TINY_FAST_SHARE_GRID,
-                     method_config)
+from .config import (FAST_NORMALIZATION, FAST_ROUNDS, METHODS, TINY_FAST_ALIGN, TINY_FAST_BANDWIDTH_SCALE,
+                     TINY_FAST_SHARE_GRID, method_config)
 
 __all__ = ["ARMS", "EvalArgs", "view_metrics", "run_eval"]
 
 _JOINT = {"update": "csd", "schedule": "joint", "joint.rounds": FAST_ROUNDS, "edit.normalization": FAST_NORMALIZATION,
-          "edit.share_grid": TINY_FAST_SHARE_GRID, "edit.bandwidth_scale": TINY_FAST_BANDWIDTH_SCALE}
-_WHOLE = {"edit.share_grid": None, "edit.bandwidth_scale": 1.0}  # the kernel mixes the whole score (the paper)
+          "edit.share_grid": TINY_FAST_SHARE_GRID, "edit.bandwidth_scale": TINY_FAST_BANDWIDTH_SCALE,
+          "edit.align": TINY_FAST_ALIGN}
+_WHOLE = {"edit.share_grid": None, "edit.bandwidth_scale": 1.0, "edit.align": "none"}  # the paper's whole score
 
 ALIGNED_BANDWIDTH_SCALE = 16.0
 """The joint-whole-aligned arm's kernel width (csd2d.config.StepConfig.bandwidth_scale). Ours: face at 64 px, 30 views,
@@ -126,30 +127,35 @@ ARMS: Dict[str, Dict] = {
     "csd-random-views": {"update": "csd", "view_selection": "random"},
     "csd-carry-1": {"update": "csd", "carry": 1.0},
     "joint": _JOINT,
+    "joint-unaligned": {**_JOINT, "edit.align": "none"},
     "joint-independent": {**_JOINT, "edit.coupling": False},
     "csd-aligned": {"update": "csd", "edit.align": "depth"},
     "joint-whole": {**_JOINT, **_WHOLE},
-    "joint-aligned": {**_JOINT, "edit.align": "depth"},
     "joint-whole-aligned": {**_JOINT, **_WHOLE, "edit.align": "depth", "edit.bandwidth_scale": ALIGNED_BANDWIDTH_SCALE},
 }
 """Arms: pipeline settings on top of the method's. ``independent`` is the csd update with the kernel off (the same
 views and UNet evaluations); ``csd-random-views`` draws the views at random as the paper's 3D schedule does;
 ``csd-carry-1`` is the update before it was bounded (each update starts from the render); ``joint`` is
 csd-edit-tiny-fast's joint schedule (every training view edited together, csd_nerfstudio.joint; its kernel mixing
-only the scores' channel means, csd_nerfstudio.config.TINY_FAST_SHARE_GRID) and ``joint-independent`` the same with
-the kernel off; ``joint-whole`` is joint with the kernel mixing the whole score, as the paper and csd-edit-fast do;
-``csd-aligned`` is csd with the kernel mixing depth-warped scores (``edit.align depth``, csd2d.align);
-``joint-aligned`` is joint with the scores' detail mixed through the depth warps while the channel means are mixed
-everywhere (csd2d.csd.csd_edit_step with share_grid and warps); ``joint-whole-aligned`` is joint-whole with the whole
-score warped, at a wider kernel (:data:`ALIGNED_BANDWIDTH_SCALE`). A joint
+the scores' channel means over every view, csd_nerfstudio.config.TINY_FAST_SHARE_GRID, and their detail through
+depth warps, TINY_FAST_ALIGN: csd2d.csd.csd_edit_step with share_grid and warps), ``joint-unaligned`` the same
+with each view keeping its own detail (``edit.align none``; this was ``joint`` before TINY_FAST_ALIGN) and
+``joint-independent`` the same with the kernel off; ``joint-whole`` is joint with the kernel mixing the whole
+unaligned score, as the paper and csd-edit-fast do; ``csd-aligned`` is csd with the kernel mixing depth-warped
+scores (``edit.align depth``, csd2d.align); ``joint-whole-aligned`` is joint-whole with the whole score warped, at
+a wider kernel (:data:`ALIGNED_BANDWIDTH_SCALE`). A joint
 arm's rounds share the arm's editing steps (``joint.fit_steps`` = iterations / rounds, see :func:`arm_settings`)."""
 
 PAIRS = (("csd", "in2n"), ("csd", "independent"), ("joint", "in2n"), ("joint", "joint-independent"),
          ("joint", "independent"), ("joint", "csd"), ("joint", "joint-whole"), ("joint-whole", "joint-independent"),
-         ("csd-aligned", "csd"), ("joint-aligned", "joint"), ("joint-whole-aligned", "joint-whole"),
-         ("csd-aligned", "independent"), ("joint-aligned", "joint-independent"),
+         ("csd-aligned", "csd"), ("joint", "joint-unaligned"), ("joint-whole-aligned", "joint-whole"),
+         ("csd-aligned", "independent"), ("joint-unaligned", "joint-independent"),
          ("joint-whole-aligned", "joint-independent"))
 """The ratios the report gives (first / second), where both arms ran and neither is excluded."""
+
+RENAMED = {"joint-aligned": "joint (csd-edit-tiny-fast aligns its detail: TINY_FAST_ALIGN; the old joint is "
+                            "joint-unaligned)"}
+"""Arm names that an earlier release had, and what runs them now (the unknown-arm error says so)."""
 
 
 def arm_settings(arm: str, iterations: int) -> Dict:
@@ -161,7 +167,7 @@ def arm_settings(arm: str, iterations: int) -> Dict:
     return out
 
 GIF_ORDER = ("in2n", "independent", "csd", "csd-aligned", "joint-independent", "joint-whole", "joint-whole-aligned",
-             "joint", "joint-aligned")
+             "joint-unaligned", "joint")
 
 
 def _parse_value(text: str):
@@ -346,7 +352,7 @@ class EvalArgs:
     """InstructPix2Pix model (hub id, local folder or "embedded"); --pipeline.diffusion-model."""
     arms: List[str] = dataclasses.field(default_factory=lambda: ["csd", "in2n", "independent"])
     """Arms to run (see ARMS): csd, in2n, independent, csd-random-views, csd-carry-1, joint, joint-independent,
-    joint-whole, csd-aligned, joint-aligned, joint-whole-aligned."""
+    joint-unaligned, joint-whole, csd-aligned, joint-whole-aligned."""
     seeds: List[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     """Seeds: each arm runs once per seed (edit.seed and the machine seed)."""
     method: str = "csd-edit-tiny"
@@ -534,7 +540,8 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
     names (default: this module's, with this process's arguments)."""
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
-        raise ValueError(f"--arms: expected names from {sorted(ARMS)}, got {unknown}")
+        renamed = "".join(f"; {a} is now {RENAMED[a]}" for a in unknown if a in RENAMED)
+        raise ValueError(f"--arms: expected names from {sorted(ARMS)}, got {unknown}{renamed}")
     if not (args.data / "transforms.json").is_file():
         raise ValueError(f"--data: expected a nerfstudio scene folder with transforms.json, got {str(args.data)!r}")
     data, output = args.data.resolve(), args.output.resolve()

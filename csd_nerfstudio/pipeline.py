@@ -83,14 +83,15 @@ class SceneEditConfig(EditConfig):
     align: SceneAlign = "none"
     """Aligned CSD (csd2d.align): depth warps a view's score onto the other views' pixels that show the same
     surface (rendered depth, cameras, an occlusion test; csd_nerfstudio.warps) before the kernel mixes them; none
-    mixes pixel for pixel (the paper). For the csd update (iterative or joint) and distill mode. Ours: none, from
+    mixes pixel for pixel (the paper). For the csd update (iterative or joint) and distill mode. Ours: none for
+    the whole score, depth under the coarse mix (csd-edit-tiny-fast: csd_nerfstudio.config.TINY_FAST_ALIGN), from
     python -m csd_nerfstudio.evaluate (64 px, matched strength, seeds 0-2): with edit.bandwidth-scale 16 (its
-    joint-aligned arm; 0.98× at 1, one seed) the joint schedule's edit inconsistency is 0.97× the plain joint
+    joint-whole-aligned arm; 0.98× at 1, one seed) the joint schedule's edit inconsistency is 0.97× the plain joint
     schedule's on face with 'recolor it' and 0.94× with 'make it night' (with joint.ramp; 0.89× before it), 1.20×
     on the textured scene ('recolor it', before the ramp), and the iterative update's does not fall (1.01× at 1,
     1.65× at 16, face, one seed; README). With edit.share-grid (csd-edit-tiny-fast) the channel means are mixed
-    everywhere and only the detail through the warps (its joint-aligned arm; seeds 0-2, matched strength): 'recolor
-    it' 0.90× the joint arm on face and 0.77× on the textured scene, 'make it night' 0.98× on face and 0.92× on
+    everywhere and only the detail through the warps (its joint arm; seeds 0-2, matched strength): 'recolor
+    it' 0.90× the joint-unaligned arm on face and 0.77× on the textured scene, 'make it night' 0.98× on face and 0.92× on
     the textured scene (0.75× the kernel-off arm; structure 1.0 dB lower), for about 30 % more wall time (every
     view rendered with depth, and the warps)."""
 
@@ -559,8 +560,12 @@ class CSDPipeline(VanillaPipeline):
         from a share of them (:meth:`start_carry` > 0) or aligns by their depth. The joint schedule's first round
         starts from the photos, so it renders nothing (our measurement: 30 of the 60 renders of csd-edit-tiny-fast's
         edit on face at 64 px, 16 s of its 73 s on one CPU thread)."""
-        return (self.config.update == "in2n" or self.config.edit.align != "none"
-                or self.start_carry(update) > 0)
+        return self.config.update == "in2n" or self.aligns() or self.start_carry(update) > 0
+
+    def aligns(self) -> bool:
+        """Whether csd updates mix depth-warped scores (``edit.align depth``): not with the kernel off
+        (``edit.coupling False``), whose views mix nothing, so that arm renders no depth and builds no warps."""
+        return self.config.edit.align == "depth" and self.config.edit.coupling
 
     @torch.no_grad()
     def make_job(self, update: int, indices: Optional[List[int]] = None,
@@ -571,7 +576,7 @@ class CSDPipeline(VanillaPipeline):
         its job holds the photos in their place and ``on_render`` is not called."""
         indices = self.select_views(update) if indices is None else indices
         renders, originals, sizes, cameras, depths = [], [], [], [], []
-        align = self.config.edit.align == "depth"  # refused with in2n (CSDPipelineConfig._validate)
+        align = self.aligns()  # refused with in2n (CSDPipelineConfig._validate)
         render = self.needs_renders(update)
         self.model.eval()
         try:
@@ -687,7 +692,7 @@ class CSDPipeline(VanillaPipeline):
         gen = self._generator(update)
         n = len(indices)
         renders, originals = [], []
-        align = self.config.edit.align == "depth"
+        align = self.aligns()
         cameras, depths, crops = [], [], []
         for i in indices:
             camera = self._camera(i)

@@ -34,6 +34,14 @@ def test_plain_pipeline_renders_no_depth(sphere_scene, tiny_model_dir, tmp_path)
     assert pipe.make_job(0).warps is None
 
 
+def test_with_the_kernel_off_align_builds_no_warps(sphere_scene, tiny_model_dir, tmp_path):
+    """edit.coupling False mixes nothing, so edit.align depth (csd-edit-tiny-fast's) neither renders depth nor
+    builds warps there: the evaluation's kernel-off arm costs what it did."""
+    pipe = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path,
+                                     edit={"align": "depth", "coupling": False}))
+    assert not pipe.aligns() and pipe.make_job(0).warps is None
+
+
 @pytest.mark.parametrize("patch", [None, 8])
 def test_distill_mode_warps_its_renders(sphere_scene, tiny_model_dir, tmp_path, monkeypatch, patch):
     import csd_nerfstudio.pipeline as pipeline_module

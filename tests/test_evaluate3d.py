@@ -199,29 +199,34 @@ def test_csd_edits_a_scene_more_consistently_than_independent_editing(tmp_path):
 
 
 @pytest.mark.slow
-def test_joint_edits_views_more_consistently_than_with_the_kernel_off_at_matched_strength(tmp_path):
-    """Issue 20's direction test at a CI size: on the project's textured scene (12 views), the joint schedule's
-    renders agree better across views than the same schedule's with the kernel off, once the kernel-off arm's lr
-    is searched to the joint arm's render strength; two seeds, both must win, and their edits (the training images
+def test_joint_edits_views_more_consistently_than_unaligned_or_with_the_kernel_off_at_matched_strength(tmp_path):
+    """Issues 20's and 23's direction tests at a CI size, on one base: on the project's textured scene (20 views),
+    the joint schedule's renders agree better across views than the same schedule's with each view keeping its own
+    detail (joint-unaligned: no depth warps) and than with the kernel off (joint-independent), once both arms' lr
+    is searched to the joint arm's render strength; two seeds, all must win, and the edits (the training images
     before the fit) must agree better too. csd-edit-tiny fits no appearance embedding
     (csd_nerfstudio.config.TINY_APPEARANCE_EMBEDDING), so the renders show what the edits disagree about; the fit
-    is deterministic on a CPU (csd_nerfstudio.benchmark.train_measured). Our measurement at this size, with joint
-    mixing the scores' channel means (csd-edit-tiny-fast's TINY_FAST_SHARE_GRID): renders 0.0241 / 0.0233 against
-    0.0383 / 0.0429 at 44° (0.59×; the kernel-off arm matched at lr 0.063 on its third try); with the whole score
-    it had been 0.0332 / 0.0363 against 0.0359 / 0.0397 at 42° (0.92×). The ratio must meet issue 20's 0.8×."""
+    is deterministic on a CPU (csd_nerfstudio.benchmark.train_measured). 20 views, not 12: with 30° between
+    cameras the warps share little and aligned and unaligned differed by 0.2–2 %. Our measurement at this size
+    (csd-edit-tiny-fast's mix: the channel means everywhere, TINY_FAST_SHARE_GRID, and the detail through the
+    warps, TINY_FAST_ALIGN): renders 0.0202 / 0.0199 at 46°, against 0.0246 / 0.0232 unaligned (0.84×, matched at
+    lr 0.1 on its first try) and 0.0386 / 0.0361 with the kernel off (0.54×, matched at lr 0.058 on its third);
+    edits 0.028 / 0.028 against 0.031 / 0.031 and 0.053 / 0.048. At 12 views the unaligned coarse mix had scored
+    0.59× the kernel-off arm."""
     from csd_nerfstudio.scenes import write_textured_scene
 
-    scene = write_textured_scene(tmp_path / "scene", views=12, size=64, seed=0)
+    scene = write_textured_scene(tmp_path / "scene", views=20, size=64, seed=0)
     seeds = [0, 1]
     report = evaluate.run_eval(evaluate.EvalArgs(
-        data=scene, output=tmp_path / "eval", arms=["joint", "joint-independent"], seeds=seeds, pretrain_steps=200,
-        iterations=60, path_frames=2, isolate=False, match_strength="joint", match_tries=3))
-    off = report["arms"]["joint-independent"]
-    assert off["match"]["matched"], off["match"]
-    joint, off = report["arms"]["joint"]["seeds"], off["seeds"]
-    for s in seeds:
-        assert abs(joint[s]["strength"]) > 10, joint[s]  # an edit happened
-        assert abs(off[s]["strength"] / joint[s]["strength"] - 1) < 0.1, (joint[s], off[s])
-        assert joint[s]["edit_inconsistency"] < 0.9 * off[s]["edit_inconsistency"], (s, joint[s], off[s])
-        assert joint[s]["edits_inconsistency"] < 0.97 * off[s]["edits_inconsistency"], (s, joint[s], off[s])
-    assert report["ratios"]["edit_inconsistency joint / joint-independent"] < 0.8
+        data=scene, output=tmp_path / "eval", arms=["joint", "joint-unaligned", "joint-independent"], seeds=seeds,
+        pretrain_steps=200, iterations=60, path_frames=2, isolate=False, match_strength="joint", match_tries=3))
+    joint = report["arms"]["joint"]["seeds"]
+    for other, margin in (("joint-unaligned", 0.95), ("joint-independent", 0.9)):
+        assert report["arms"][other]["match"]["matched"], report["arms"][other]["match"]
+        off = report["arms"][other]["seeds"]
+        for s in seeds:
+            assert abs(joint[s]["strength"]) > 10, joint[s]  # an edit happened
+            assert abs(off[s]["strength"] / joint[s]["strength"] - 1) < 0.1, (other, joint[s], off[s])
+            assert joint[s]["edit_inconsistency"] < margin * off[s]["edit_inconsistency"], (other, s, joint[s], off[s])
+            assert joint[s]["edits_inconsistency"] < 0.97 * off[s]["edits_inconsistency"], (other, s, joint[s], off[s])
+    assert report["ratios"]["edit_inconsistency joint / joint-independent"] < 0.8  # issue 20's target

@@ -253,17 +253,21 @@ def test_joint_arms_of_the_evaluation_share_the_editing_steps(scene, tmp_path):
     assert {k: v for k, v in off.items() if k != "edit.coupling"} == joint and off["edit.coupling"] is False
     pipe = method_config("csd-edit-tiny", scene, tmp_path, 200, joint).pipeline
     assert (pipe.schedule, pipe.joint.rounds, pipe.edit.normalization) == ("joint", FAST_ROUNDS, FAST_NORMALIZATION)
-    # The joint arm is csd-edit-tiny-fast's edit (the coarse mix); joint-whole is csd-edit-fast's (the whole score).
+    # The joint arm is csd-edit-tiny-fast's edit (the coarse mix, the detail through depth warps); joint-whole is
+    # csd-edit-fast's (the whole score, unaligned); joint-unaligned is joint with each view keeping its detail.
     tiny_fast, fast = csd_edit_tiny_fast.config.pipeline.edit, csd_edit_fast.config.pipeline.edit
-    assert (pipe.edit.share_grid, pipe.edit.bandwidth_scale) == (tiny_fast.share_grid, tiny_fast.bandwidth_scale)
-    assert tiny_fast.share_grid is not None and fast.share_grid is None and fast.bandwidth_scale == 1.0
+    mix = ("share_grid", "bandwidth_scale", "align")
+    assert [getattr(pipe.edit, k) for k in mix] == [getattr(tiny_fast, k) for k in mix]
+    assert tiny_fast.share_grid is not None and tiny_fast.align == "depth"
+    assert fast.share_grid is None and fast.bandwidth_scale == 1.0 and fast.align == "none"
     whole = method_config("csd-edit-tiny", scene, tmp_path, 200, arm_settings("joint-whole", 200)).pipeline.edit
-    assert (whole.share_grid, whole.bandwidth_scale) == (fast.share_grid, fast.bandwidth_scale)
-    # joint-aligned is the joint arm's coarse mix with the detail mixed through depth warps (csd2d.csd)
-    aligned = method_config("csd-edit-tiny", scene, tmp_path, 200, arm_settings("joint-aligned", 200)).pipeline.edit
-    assert (aligned.align, aligned.share_grid, aligned.bandwidth_scale) == ("depth", tiny_fast.share_grid,
-                                                                          tiny_fast.bandwidth_scale)
-    assert ("joint-aligned", "joint") in PAIRS and ("joint-whole-aligned", "joint-whole") in PAIRS
+    assert [getattr(whole, k) for k in mix] == [getattr(fast, k) for k in mix]
+    unaligned = method_config("csd-edit-tiny", scene, tmp_path, 200, arm_settings("joint-unaligned", 200)).pipeline
+    assert unaligned.edit.align == "none" and {**arm_settings("joint-unaligned", 200), "edit.align": "depth"} == joint
+    assert ("joint", "joint-unaligned") in PAIRS and ("joint-whole-aligned", "joint-whole") in PAIRS
+    with pytest.raises(ValueError, match=r"--arms: .* got \['joint-aligned'\]; joint-aligned is now joint"):
+        from csd_nerfstudio.evaluate import EvalArgs, run_eval
+        run_eval(EvalArgs(data=scene, output=tmp_path / "eval", arms=["joint-aligned"]))
     assert csd_edit_fast.config.pipeline.joint.rounds == FAST_ROUNDS
     assert ("joint", "joint-independent") in PAIRS and ("joint", "in2n") in PAIRS and ("joint", "joint-whole") in PAIRS
 
