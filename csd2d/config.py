@@ -140,7 +140,7 @@ class StepConfig:
     bandwidth_scale: float = 1.0
     """Multiplies the median heuristic's bandwidth (a wider kernel mixes more of the other particles' scores; a
     fixed bandwidth is used as given). Source: paper / official code (1). Aligned mixing in 3D sets 16
-    (csd_nerfstudio.evaluate's joint-aligned arm): pixel-for-pixel mixing got worse with a wider kernel, aligned
+    (csd_nerfstudio.evaluate's joint-whole-aligned arm): pixel-for-pixel mixing got worse with a wider kernel, aligned
     mixing better (face scene, joint schedule, 'recolor it', seed 0: edit inconsistency 0.0186 at 117° unaligned
     against 0.0109 at 123° aligned, both at 16; 0.0127 at 121° unaligned at 1)."""
     share_grid: Optional[int] = None
