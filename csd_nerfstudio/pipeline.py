@@ -47,7 +47,7 @@ from .data import TrainImages
 from .joint import JointConfig, JointProgress, RoundStopped, TargetRamp, round_due, round_plan, spread_views
 from .updates import EditJob, csd_update, in2n_update
 from .views import neighbouring_views, random_crop, render_view, resize, select_views, view_camera
-from .warps import DepthWarps, latent_intrinsics, pool_depth
+from .warps import DEPTH_SUPERSAMPLE, DepthWarps, latent_intrinsics, pool_depth
 
 SceneAlign = Literal["none", "depth"]
 """How a scene update's kernel mixes the views' scores: pixel for pixel (``none``) or warped by rendered depth onto
@@ -560,7 +560,13 @@ class CSDPipeline(VanillaPipeline):
         from a share of them (:meth:`start_carry` > 0) or aligns by their depth. The joint schedule's first round
         starts from the photos, so it renders nothing (our measurement: 30 of the 60 renders of csd-edit-tiny-fast's
         edit on face at 64 px, 16 s of its 73 s on one CPU thread)."""
-        return self.config.update == "in2n" or self.aligns() or self.start_carry(update) > 0
+        return self.needs_colour(update) or self.aligns()
+
+    def needs_colour(self, update: int) -> bool:
+        """Whether update ``update`` reads the renders' colour (in2n edits them; a csd update that starts from a share
+        of them). An aligned update that does not renders only depth, at DEPTH_SUPERSAMPLE rays per latent pixel
+        side (csd_nerfstudio.warps)."""
+        return self.config.update == "in2n" or self.start_carry(update) > 0
 
     def aligns(self) -> bool:
         """Whether csd updates mix depth-warped scores (``edit.align depth``): not with the kernel off
@@ -573,11 +579,13 @@ class CSDPipeline(VanillaPipeline):
         """Render the views of update ``update`` (:meth:`select_views`, or ``indices``) on the scene's device
         without gradients; ``on_render(k)`` after the k-th. With ``edit.align depth`` their depth too, and the job
         carries the views' depth warps. An update that reads no render (:meth:`needs_renders`) renders nothing:
-        its job holds the photos in their place and ``on_render`` is not called."""
+        its job holds the photos in their place and ``on_render`` is not called. An aligned one that reads no colour
+        (:meth:`needs_colour`: the joint schedule's first round) holds the photos too, and renders only the depth its
+        warps need, at :data:`csd_nerfstudio.warps.DEPTH_SUPERSAMPLE` rays per latent pixel side."""
         indices = self.select_views(update) if indices is None else indices
         renders, originals, sizes, cameras, depths = [], [], [], [], []
         align = self.aligns()  # refused with in2n (CSDPipelineConfig._validate)
-        render = self.needs_renders(update)
+        render, colour = self.needs_renders(update), self.needs_colour(update)
         self.model.eval()
         try:
             for k, i in enumerate(indices, 1):
@@ -587,12 +595,16 @@ class CSDPipeline(VanillaPipeline):
                 sizes.append(tuple(self.images.originals[i].shape[:2]))
                 if not render:
                     continue
+                if not colour:  # depth alone, on a camera scaled to the latent grid
+                    camera = view_camera(self.datamanager.train_dataset.cameras, i,
+                                         DEPTH_SUPERSAMPLE * max(self._latent_hw(size)), self.device)
                 out = render_view(self.model, camera, i, chunk=self.config.render_chunk, with_depth=align)
                 rgb = out[0] if align else out
                 if align:
                     cameras.append(camera)
                     depths.append(out[1])
-                renders.append(resize(rgb[None], size))
+                if colour:
+                    renders.append(resize(rgb[None], size))
                 if on_render is not None:
                     on_render(k)
         finally:
@@ -602,9 +614,9 @@ class CSDPipeline(VanillaPipeline):
             return EditJob(update, indices, photos, photos, sizes)
         warps = None
         if align:
-            edit_size = tuple(renders[0].shape[-2:])
+            edit_size = tuple(photos.shape[-2:])
             warps = self._view_geometry(cameras, depths, [edit_size] * len(indices), indices)
-        return EditJob(update, indices, torch.cat(renders).cpu(), photos, sizes, warps=warps)
+        return EditJob(update, indices, torch.cat(renders).cpu() if colour else photos, photos, sizes, warps=warps)
 
     def run_job(self, job: EditJob, on_step: Optional[Callable[[int], None]] = None) -> Tensor:
         """Edit the job's renders (the configured update); returns edited images ``[N, 3, h, w]`` in [0, 1] (CPU).

@@ -34,6 +34,40 @@ def test_plain_pipeline_renders_no_depth(sphere_scene, tiny_model_dir, tmp_path)
     assert pipe.make_job(0).warps is None
 
 
+def test_a_round_from_the_photos_renders_only_depth_on_the_latent_grid(sphere_scene, tiny_model_dir, tmp_path,
+                                                                      monkeypatch):
+    """The joint schedule's first round edits the photos, so an aligned one renders no colour: its job holds the
+    photos, and each view's depth comes from a camera scaled to DEPTH_SUPERSAMPLE rays per latent pixel side, whose
+    intrinsics on the latent grid are the full render's."""
+    import csd_nerfstudio.pipeline as pipeline_module
+
+    supersample = 1  # the test model's VAE factor is 2: at the default 2 the depth would be the full render's size
+    monkeypatch.setattr(pipeline_module, "DEPTH_SUPERSAMPLE", supersample)
+    sides = []
+    real = pipeline_module.render_view
+
+    def spy(model, camera, *args, **kwargs):
+        sides.append((int(camera.height), int(camera.width)))
+        return real(model, camera, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "render_view", spy)
+    pipe = make_pipeline(fast_config(sphere_scene, tiny_model_dir, tmp_path, schedule="joint",
+                                     edit={"align": "depth", "normalization": "row"}))
+    assert pipe.needs_renders(0) and not pipe.needs_colour(0)
+    job = pipe.make_job(0)
+    latent = tuple(job.warps.depth.shape[1:])
+    f = pipe.guidance.vae_scale_factor
+    assert latent == (job.originals.shape[2] // f, job.originals.shape[3] // f)
+    assert torch.equal(job.renders, job.originals)  # the photos: the round starts from them
+    assert len(sides) == len(job.indices) and all(max(s) == supersample * max(latent) for s in sides)
+    assert max(sides[0]) < max(job.originals.shape[2:])  # fewer rays than the colour render
+    monkeypatch.setattr(pipe, "needs_colour", lambda update: True)  # the same views rendered in colour, full size
+    full = pipe.make_job(0)
+    assert not torch.equal(full.renders, full.originals) and max(sides[-1]) == max(full.originals.shape[2:])
+    torch.testing.assert_close(job.warps.intrinsics, full.warps.intrinsics)
+    torch.testing.assert_close(job.warps.c2w, full.warps.c2w)
+
+
 def test_with_the_kernel_off_align_builds_no_warps(sphere_scene, tiny_model_dir, tmp_path):
     """edit.coupling False mixes nothing, so edit.align depth (csd-edit-tiny-fast's) neither renders depth nor
     builds warps there: the evaluation's kernel-off arm costs what it did."""

@@ -209,10 +209,10 @@ def test_joint_edits_views_more_consistently_than_unaligned_or_with_the_kernel_o
     is deterministic on a CPU (csd_nerfstudio.benchmark.train_measured). 20 views, not 12: with 30° between
     cameras the warps share little and aligned and unaligned differed by 0.2–2 %. Our measurement at this size
     (csd-edit-tiny-fast's mix: the channel means everywhere, TINY_FAST_SHARE_GRID, and the detail through the
-    warps, TINY_FAST_ALIGN): renders 0.0202 / 0.0199 at 46°, against 0.0246 / 0.0232 unaligned (0.84×, matched at
-    lr 0.1 on its first try) and 0.0386 / 0.0361 with the kernel off (0.54×, matched at lr 0.058 on its third);
-    edits 0.028 / 0.028 against 0.031 / 0.031 and 0.053 / 0.048. At 12 views the unaligned coarse mix had scored
-    0.59× the kernel-off arm."""
+    warps, TINY_FAST_ALIGN; two threads): renders 0.0200 / 0.0198 at 46° / 45°, against 0.0246 / 0.0228 unaligned
+    (0.84×, matched at lr 0.1 on its first try) and 0.0379 / 0.0354 with the kernel off (0.54×, matched at lr 0.056
+    on its third); edits 0.028 / 0.027 against 0.031 / 0.031 and 0.052 / 0.047. At 12 views the unaligned coarse
+    mix had scored 0.59× the kernel-off arm."""
     from csd_nerfstudio.scenes import write_textured_scene
 
     scene = write_textured_scene(tmp_path / "scene", views=20, size=64, seed=0)
