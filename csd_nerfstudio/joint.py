@@ -161,7 +161,8 @@ class JointProgress:
     nerfstudio's own ETA counts training steps and knows nothing of a round that holds one step for minutes (IN2N
     #75's users were misled by it), so the round keeps its own clock. The ETA adds the renders left at the
     measured seconds per render and the CSD steps left at the measured seconds per step; before the first step
-    of the first round that rate is unknown and the ETA says so (later rounds reuse the last round's rate)."""
+    of the first round that rate is unknown, so the ETA covers the renders and says that the steps follow
+    ("renders ETA 0:21, then 20 CSD steps"; later rounds reuse the last round's rate)."""
 
     step_seconds: Optional[float] = None
     """Seconds per CSD step of the last round that ran one (in this process), for the next round's first ETA."""
@@ -180,9 +181,11 @@ class JointProgress:
         self._said = (None, -1)
         self.lines: List[str] = []
 
-    def _report(self, phase: str, what: str, fraction: float, eta: Optional[float]) -> None:
+    def _report(self, phase: str, what: str, fraction: float, eta: Optional[float],
+                eta_text: Optional[str] = None) -> None:
         elapsed = time.perf_counter() - self.start
-        eta_text = "ETA ?" if eta is None else f"ETA {_clock(eta)}"
+        if eta_text is None:
+            eta_text = "ETA ?" if eta is None else f"ETA {_clock(eta)}"
         text = f"joint round {self.round + 1}/{self.rounds}: {what}, {eta_text} (elapsed {_clock(elapsed)})"
         self.show(text)
         tenth = int(10 * fraction)
@@ -200,7 +203,9 @@ class JointProgress:
         per_render = (time.perf_counter() - self.start) / k
         rate = type(self).step_seconds
         eta = None if rate is None else (self.views - k) * per_render + self.steps * rate
-        self._report("render", f"rendering views {k}/{self.views}", k / self.views, eta)
+        eta_text = None if rate is not None else (f"renders ETA {_clock((self.views - k) * per_render)}, then "
+                                                  f"{self.steps} CSD steps")  # no step timed yet in this process
+        self._report("render", f"rendering views {k}/{self.views}", k / self.views, eta, eta_text)
         if k == self.views:
             self._edit_start = time.perf_counter()
             self.render_seconds = self._edit_start - self.start

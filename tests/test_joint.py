@@ -98,7 +98,9 @@ def test_progress_names_the_views_and_an_eta_of_the_edit(monkeypatch):
     for s in range(20):
         progress.stepped(s)
     progress.finished()
-    assert "rendering views 30/30, ETA ?" in shown[29]  # no CSD step timed yet in this process
+    # no CSD step timed yet in this process: the ETA covers the renders and names the steps to follow
+    assert "rendering views 1/30, renders ETA 0:" in shown[0] and "then 20 CSD steps" in shown[0]
+    assert "rendering views 30/30, renders ETA 0:00, then 20 CSD steps" in shown[29]
     assert "editing views 1–30/30 together, CSD step 20/20, ETA 0:00" in shown[-2]
     assert "CSD step 1/20, ETA 0:" in shown[30]
     assert shown[-1].startswith("joint round 1/2: 30 views edited together in")
