@@ -225,8 +225,10 @@ mixed through depth warps, so a view takes the others' detail where they see the
 one (python -m csd_nerfstudio.evaluate --arms joint joint-unaligned joint-independent --match-strength joint; README,
 *Aligned detail under the coarse mix*): renders' edit inconsistency 0.90× / 0.77× the unaligned coarse mix on face /
 textured 'recolor it' and 0.98× / 0.92× at night (0.63×, 0.42×, 0.97× and 0.75× the kernel-off arm); structure
-within 0.2 dB on 'recolor it', 0.4 / 1.0 dB lower at night; about 30 % more wall time (every view rendered with
-depth before the round). csd-edit-fast keeps the paper's unaligned whole score (see TINY_FAST_SHARE_GRID)."""
+within 0.2 dB on 'recolor it', 0.4 / 1.0 dB lower at night; about 30 % more wall time then, with every view
+rendered at full size for its depth, and about the same time as unaligned since the round renders depth alone
+(csd_nerfstudio.warps.DEPTH_SUPERSAMPLE: face 'recolor it' 0.92× unaligned, 63 s against 67 s). csd-edit-fast keeps
+the paper's unaligned whole score (see TINY_FAST_SHARE_GRID)."""
 
 
 def _fast(base: TrainerConfig, name: str, fit_steps: int, **edit) -> TrainerConfig:

@@ -92,8 +92,8 @@ class SceneEditConfig(EditConfig):
     1.65× at 16, face, one seed; README). With edit.share-grid (csd-edit-tiny-fast) the channel means are mixed
     everywhere and only the detail through the warps (its joint arm; seeds 0-2, matched strength): 'recolor
     it' 0.90× the joint-unaligned arm on face and 0.77× on the textured scene, 'make it night' 0.98× on face and 0.92× on
-    the textured scene (0.75× the kernel-off arm; structure 1.0 dB lower), for about 30 % more wall time (every
-    view rendered with depth, and the warps)."""
+    the textured scene (0.75× the kernel-off arm; structure 1.0 dB lower), for about 30 % more wall time when
+    every view was rendered at full size for its depth (now depth alone: csd_nerfstudio.warps.DEPTH_SUPERSAMPLE)."""
 
     def validate(self) -> None:
         super().validate()
