@@ -91,8 +91,8 @@ class SceneEditConfig(EditConfig):
     on the textured scene ('recolor it', before the ramp), and the iterative update's does not fall (1.01× at 1,
     1.65× at 16, face, one seed; README). With edit.share-grid (csd-edit-tiny-fast) the channel means are mixed
     everywhere and only the detail through the warps (its joint arm; seeds 0-2, matched strength): 'recolor
-    it' 0.90× the joint-unaligned arm on face and 0.77× on the textured scene, 'make it night' 0.98× on face and 0.92× on
-    the textured scene (0.75× the kernel-off arm; structure 1.0 dB lower), for about 30 % more wall time when
+    it' 0.90× the joint-unaligned arm on face and 0.77× on the textured scene, 'make it night' 0.98× on face and
+    0.92× on the textured scene (0.75× the kernel-off arm; structure 1.0 dB lower), for about 30 % more wall time when
     every view was rendered at full size for its depth (now depth alone: csd_nerfstudio.warps.DEPTH_SUPERSAMPLE)."""
 
     def validate(self) -> None:
@@ -558,8 +558,9 @@ class CSDPipeline(VanillaPipeline):
     def needs_renders(self, update: int) -> bool:
         """Whether update ``update`` reads the scene's renders: in2n edits them; a csd update only when it starts
         from a share of them (:meth:`start_carry` > 0) or aligns by their depth. The joint schedule's first round
-        starts from the photos, so it renders nothing (our measurement: 30 of the 60 renders of csd-edit-tiny-fast's
-        edit on face at 64 px, 16 s of its 73 s on one CPU thread)."""
+        starts from the photos, so unaligned it renders nothing and aligned only depth (:meth:`needs_colour`; our
+        measurement: 30 of the 60 renders of csd-edit-tiny-fast's edit on face at 64 px, 16 s of its 73 s on one
+        CPU thread)."""
         return self.needs_colour(update) or self.aligns()
 
     def needs_colour(self, update: int) -> bool:

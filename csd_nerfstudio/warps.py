@@ -21,7 +21,8 @@ from torch import Tensor
 
 from csd2d.align import Pair, Warps, pixel_grid, to_sample_grid
 
-__all__ = ["CACHE_BYTES", "DEPTH_SUPERSAMPLE", "DEPTH_TOLERANCE", "DepthKind", "DepthWarps", "latent_intrinsics", "pool_depth"]
+__all__ = ["CACHE_BYTES", "DEPTH_SUPERSAMPLE", "DEPTH_TOLERANCE", "DepthKind", "DepthWarps", "latent_intrinsics",
+           "pool_depth"]
 
 DepthKind = Literal["ray", "z"]
 
@@ -37,8 +38,7 @@ the photos: csd_nerfstudio.pipeline.CSDPipeline.make_job), so 4 rays are average
 (:func:`pool_depth`) where a full render averages the VAE factor squared, 64. Ours (csd-edit-tiny-fast, the
 embedded model, VAE factor 8): on the made textured scene (20 views, tests/test_evaluate3d.py's direction test)
 the aligned joint arm's renders scored 0.0200 / 0.0198 (seeds 0 / 1) against 0.0202 / 0.0199 with full-size depth,
-and `make demo`'s joint arm (30 views) took 27 s against 37 s (the unaligned arm: 16 s on a quieter box), with the
-same edit (inconsistency 0.0090 against 0.0091); on face at 64 px (30 views, 'recolor it', seeds 0–2, matched
+and `make demo`'s joint arm (30 views) took 27 s against 37 s (back to back), with the same edit (inconsistency 0.0090 against 0.0091); on face at 64 px (30 views, 'recolor it', seeds 0–2, matched
 strength) 0.92× the unaligned arm against 0.90× with full-size depth, in 63 s against its 67 s (one thread)."""
 
 CACHE_BYTES = 256 * 2**20

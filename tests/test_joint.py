@@ -248,7 +248,7 @@ def test_joint_arms_of_the_evaluation_share_the_editing_steps(scene, tmp_path):
     the kernel off in joint-independent only; the settings build a valid pipeline."""
     from csd_nerfstudio.config import (FAST_NORMALIZATION, FAST_ROUNDS, csd_edit_fast, csd_edit_tiny_fast,
                                        method_config)
-    from csd_nerfstudio.evaluate import PAIRS, arm_settings
+    from csd_nerfstudio.evaluate import PAIRS, EvalArgs, arm_settings, run_eval
 
     joint, off = arm_settings("joint", 200), arm_settings("joint-independent", 200)
     assert joint["joint.fit_steps"] == 200 // FAST_ROUNDS and joint["edit.normalization"] == FAST_NORMALIZATION
@@ -268,7 +268,6 @@ def test_joint_arms_of_the_evaluation_share_the_editing_steps(scene, tmp_path):
     assert unaligned.edit.align == "none" and {**arm_settings("joint-unaligned", 200), "edit.align": "depth"} == joint
     assert ("joint", "joint-unaligned") in PAIRS and ("joint-whole-aligned", "joint-whole") in PAIRS
     with pytest.raises(ValueError, match=r"--arms: .* got \['joint-aligned'\]; joint-aligned is now joint"):
-        from csd_nerfstudio.evaluate import EvalArgs, run_eval
         run_eval(EvalArgs(data=scene, output=tmp_path / "eval", arms=["joint-aligned"]))
     assert csd_edit_fast.config.pipeline.joint.rounds == FAST_ROUNDS
     assert ("joint", "joint-independent") in PAIRS and ("joint", "in2n") in PAIRS and ("joint", "joint-whole") in PAIRS
