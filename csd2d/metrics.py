@@ -25,6 +25,10 @@ __all__ = [
     "window_edit_spread",
     "colour_map_spread",
     "affine_colour_map",
+    "fit_colour_map",
+    "colour_features",
+    "colour_map_degree",
+    "COLOUR_MAP_FEATURES",
     "apply_colour_map",
     "map_spread",
     "temporal_inconsistency",
@@ -122,18 +126,51 @@ def window_edit_spread(edited: Tensor, source: Tensor, window: int, stride: int)
     return float((means - means.mean(0)).pow(2).mean().sqrt())
 
 
-def affine_colour_map(source: Tensor, edited: Tensor, ridge: float = 1e-3) -> Tensor:
-    """The affine colour map ``M`` (4 × 3) that best takes ``source``'s pixels ``[r, g, b, 1]`` to ``edited``'s
-    (``[3, H, W]`` each; ridge-regularised least squares, ridge scaled by the pixel count)."""
-    a = _homogeneous(source.float().reshape(3, -1).T)
+COLOUR_MAP_FEATURES = {1: 4, 2: 10}
+"""Rows of a colour map of each degree: affine ``[r, g, b, 1]``; quadratic adds ``r², g², b², rg, rb, gb``."""
+
+
+def colour_features(pixels: Tensor, degree: int = 1) -> Tensor:
+    """``pixels`` (``[P, 3]``) as a colour map's inputs: ``[r, g, b, 1]`` (degree 1), then ``r², g², b², rg, rb,
+    gb`` (degree 2). The first four columns are the affine map's at every degree."""
+    if degree not in COLOUR_MAP_FEATURES:
+        raise ValueError(f"degree: expected one of {sorted(COLOUR_MAP_FEATURES)}, got {degree!r}")
+    x = _homogeneous(pixels)
+    if degree == 1:
+        return x
+    r, g, b = pixels.unbind(1)
+    return torch.cat([x, torch.stack([r * r, g * g, b * b, r * g, r * b, g * b], dim=1)], dim=1)
+
+
+def fit_colour_map(source: Tensor, edited: Tensor, degree: int = 1, ridge: float = 1e-3) -> Tensor:
+    """The colour map ``M`` (``[COLOUR_MAP_FEATURES[degree], 3]``) that best takes ``source``'s pixels to
+    ``edited``'s (``[3, ...]`` each; ridge-regularised least squares over :func:`colour_features`, the ridge scaled
+    by the pixel count)."""
+    a = colour_features(source.float().reshape(3, -1).T, degree)
     b = edited.float().reshape(3, -1).T
-    gram = a.T @ a + ridge * a.shape[0] * torch.eye(4, dtype=a.dtype, device=a.device)
+    gram = a.T @ a + ridge * a.shape[0] * torch.eye(a.shape[1], dtype=a.dtype, device=a.device)
     return torch.linalg.solve(gram, a.T @ b)
 
 
+def affine_colour_map(source: Tensor, edited: Tensor, ridge: float = 1e-3) -> Tensor:
+    """The affine colour map ``M`` (4 × 3) that best takes ``source``'s pixels ``[r, g, b, 1]`` to ``edited``'s
+    (``[3, H, W]`` each; :func:`fit_colour_map` of degree 1)."""
+    return fit_colour_map(source, edited, 1, ridge)
+
+
+def colour_map_degree(colour_map: Tensor) -> int:
+    """The degree of a colour map from :func:`fit_colour_map`, read off its shape."""
+    for degree, rows in COLOUR_MAP_FEATURES.items():
+        if tuple(colour_map.shape) == (rows, 3):
+            return degree
+    raise ValueError(f"colour_map: expected a [4, 3] (affine) or [10, 3] (quadratic) map, "
+                     f"got shape {tuple(colour_map.shape)}")
+
+
 def apply_colour_map(source: Tensor, colour_map: Tensor) -> Tensor:
-    """``source`` (``[3, H, W]``) through an affine colour map from :func:`affine_colour_map`."""
-    pixels = _homogeneous(source.float().reshape(3, -1).T) @ colour_map
+    """``source`` (``[3, H, W]``) through a colour map from :func:`fit_colour_map` (affine or quadratic, by its
+    shape)."""
+    pixels = colour_features(source.float().reshape(3, -1).T, colour_map_degree(colour_map)) @ colour_map
     return pixels.T.reshape(source.shape)
 
 

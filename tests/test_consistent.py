@@ -31,3 +31,39 @@ def test_excess_is_taken_seed_by_seed_and_its_ratio_needs_a_baseline_above_the_f
     assert set(got) == {0, 1} and got[0] == pytest.approx(0.004) and got[1] == pytest.approx(0.001)
     assert consistent.excess_ratio([0.002, 0.004], [0.004, 0.008]) == pytest.approx(0.5)
     assert consistent.excess_ratio([0.002], [-0.001]) is None  # the baseline is at the floor: no ratio
+
+
+def test_the_quadratic_floor_follows_an_edit_that_is_no_affine_map():
+    """A night-like edit that every view shares but no affine map is (darken by a power curve, as the embedded
+    model's night is bent): the quadratic floor reproduces it, the affine floor cannot, and the affine floor's
+    stand-in is not the edit a user got."""
+    from csd2d.metrics import map_spread, affine_colour_map
+
+    gen = torch.Generator().manual_seed(1)
+    photos = torch.rand(5, 3, 16, 16, generator=gen) ** 0.5
+    edits = 0.35 * photos ** 2.2  # one curve for every view: a perfectly consistent edit
+    errors = {}
+    for kind in ("affine", "quadratic"):
+        shared = consistent.shared_colour_map(photos, edits, kind)
+        assert shared.shape == ((4, 3) if kind == "affine" else (10, 3))
+        errors[kind] = float((consistent.consistent_edit(photos, shared) - edits).pow(2).mean().sqrt())
+    assert errors["quadratic"] < 0.3 * errors["affine"], errors  # 0.0045 against 0.020
+    assert errors["quadratic"] < 0.006, errors
+    # The per-view affine metric scores this consistent edit above 0: each view's histogram bends its fit.
+    pool = photos.permute(1, 0, 2, 3).reshape(3, -1)
+    assert map_spread([affine_colour_map(p, e) for p, e in zip(photos, edits)], pool) > 1e-3
+    with pytest.raises(ValueError, match="kind: expected one of"):
+        consistent.shared_colour_map(photos, edits, "cubic")
+
+
+def test_a_bad_floor_map_is_named_before_anything_runs(tmp_path):
+    from csd_nerfstudio import evaluate
+
+    scene = tmp_path / "scene"
+    scene.mkdir()
+    (scene / "transforms.json").write_text("{}")
+    args = evaluate.EvalArgs(data=scene, output=tmp_path / "out", arms=["joint"], consistent=True,
+                             consistent_map="cubic")
+    with pytest.raises(ValueError, match=r"--consistent-map: expected one of \['affine', 'quadratic'\], got 'cubic'"):
+        evaluate.run_eval(args)
+    assert not (tmp_path / "out").exists()

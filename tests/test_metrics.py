@@ -157,3 +157,22 @@ def test_learning_rate_matching_stops_when_the_edit_did_not_happen():
     calls = []
     scale, strength, _, runs = match_learning_rate(lambda s: (calls.append(s) or -0.1, None), target=0.5, scale=4.0)
     assert runs == 1 and calls == [4.0] and scale == 4.0 and strength == -0.1
+
+
+def test_a_quadratic_colour_map_is_recovered_and_applied_with_its_squares_and_products():
+    from csd2d.metrics import affine_colour_map, apply_colour_map, fit_colour_map
+
+    gen = torch.Generator().manual_seed(0)
+    source = torch.rand(3, 24, 24, generator=gen)
+    r, g, b = source
+    truth = torch.randn(10, 3, generator=gen) * 0.3
+    terms = [r, g, b, torch.ones_like(r), r * r, g * g, b * b, r * g, r * b, g * b]  # the map's rows, in order
+    edited = sum(t[None] * row[:, None, None] for t, row in zip(terms, truth))
+    fitted = fit_colour_map(source, edited, degree=2, ridge=0.0)
+    assert torch.allclose(fitted, truth, atol=1e-3), (fitted - truth).abs().max()
+    assert torch.allclose(apply_colour_map(source, truth), edited, atol=1e-5)
+    assert torch.equal(fit_colour_map(source, edited, degree=1), affine_colour_map(source, edited))
+    with pytest.raises(ValueError, match=r"colour_map: expected a \[4, 3\].*got shape \(5, 3\)"):
+        apply_colour_map(source, torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="degree: expected one of"):
+        fit_colour_map(source, edited, degree=3)
