@@ -31,6 +31,7 @@ __all__ = [
     "COLOUR_MAP_FEATURES",
     "apply_colour_map",
     "map_spread",
+    "tint_spread",
     "temporal_inconsistency",
     # the paper's CLIP and LPIPS metrics (csd2d.paper_metrics; models load only when asked for)
     "clip_directional_similarity",
@@ -172,6 +173,24 @@ def apply_colour_map(source: Tensor, colour_map: Tensor) -> Tensor:
     shape)."""
     pixels = colour_features(source.float().reshape(3, -1).T, colour_map_degree(colour_map)) @ colour_map
     return pixels.T.reshape(source.shape)
+
+
+def tint_spread(before: Tensor, after: Tensor, eps: float = 1e-6) -> float:
+    """How much the views' edits disagree on their tint: for each view ``v`` (``[V, 3, H, W]`` each, in [0, 1]) the
+    per-channel gain of its mean colour, ``mean(after_v) / mean(before_v)``, normalised to sum 1 over the channels;
+    return the RMS over views and channels of its deviation from the views' mean.
+
+    A global per-channel gain (any tint at any darkening) scores 0 whatever each view shows, and so does a
+    brightness change that differs by view; views tinted differently score above 0. Any other edit that every
+    view shares scores above 0 too, by how much each view's colours bend it (a hue rotation; a darkening that
+    crushes the shadows). It sees only the mean tint, not where in a view the edit changes: a supplement to the
+    spread of affine maps (:func:`map_spread`), which reads both."""
+    if before.shape != after.shape or before.ndim != 4 or before.shape[1] != 3:
+        raise ValueError(f"before, after: expected two [V, 3, H, W] stacks of one shape, got {tuple(before.shape)} "
+                         f"and {tuple(after.shape)}")
+    gain = after.float().mean(dim=(2, 3)) / before.float().mean(dim=(2, 3)).clamp_min(eps)
+    tint = gain / gain.sum(1, keepdim=True).clamp_min(eps)
+    return float((tint - tint.mean(0)).pow(2).mean().sqrt())
 
 
 def map_spread(maps: Sequence[Tensor], pixels: Tensor) -> float:

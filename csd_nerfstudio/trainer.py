@@ -138,6 +138,17 @@ class CSDTrainer(Trainer):
         except BaseException:
             self._restore()
             raise
+        self._count_from_the_loaded_step()
+
+    def _count_from_the_loaded_step(self) -> None:
+        """After ``--load-dir`` nerfstudio trains ``max_num_iterations`` steps *from* the loaded step, but its step
+        table reads % done and the ETA against ``max_num_iterations`` alone: 500 steps into a 120-step edit printed
+        "416.67 %" and an ETA of "23 h, 59 m" (a negative time, `make demo`). The table's end is the run's last
+        step."""
+        from nerfstudio.utils import writer
+
+        if self._start_step and "max_iter" in writer.GLOBAL_BUFFER:
+            writer.GLOBAL_BUFFER["max_iter"] = self._start_step + self.config.max_num_iterations
 
     def train(self) -> None:
         self._install(self._ask_stop)

@@ -236,6 +236,12 @@ def test_load_dir_of_a_plain_nerfacto_checkpoint_is_edited_at_once(scene, tmp_pa
     trainer = trained(cfg, monkeypatch, rounds)
     assert [step for step, _ in rounds] == [20]  # the first step after the loaded step 19: no pretraining
     assert rounds[0][1] == list(range(len(trainer.pipeline.images)))
+    # ns-train's step table counts to the run's last step (20 + 3), not to max_num_iterations (3): its "% done"
+    # stays under 100 and its ETA is not negative.
+    from nerfstudio.utils import writer
+
+    assert writer.GLOBAL_BUFFER["max_iter"] == 23
+    assert writer.GLOBAL_BUFFER["step"] / writer.GLOBAL_BUFFER["max_iter"] <= 1
 
 
 def test_joint_needs_the_dataset_mode(scene, tmp_path):

@@ -176,3 +176,20 @@ def test_a_quadratic_colour_map_is_recovered_and_applied_with_its_squares_and_pr
         apply_colour_map(source, torch.zeros(5, 3))
     with pytest.raises(ValueError, match="degree: expected one of"):
         fit_colour_map(source, edited, degree=3)
+
+
+def test_tint_spread_sees_the_views_tints_and_not_their_content_or_brightness():
+    from csd2d.metrics import tint_spread
+
+    gen = torch.Generator().manual_seed(2)
+    before = torch.rand(6, 3, 20, 20, generator=gen) * torch.rand(6, 3, 1, 1, generator=gen)  # views differ in content
+    tint = torch.tensor([0.2, 0.6, 1.0])[None, :, None, None]
+    same = before * tint * 0.3
+    darker = same * torch.linspace(0.5, 1.0, 6)[:, None, None, None]  # a brightness change that differs by view
+    assert tint_spread(before, same) < 1e-6
+    assert tint_spread(before, darker) < 1e-6
+    tints = torch.tensor([[0.2, 0.6, 1.0], [1.0, 0.6, 0.2]]).repeat(3, 1)[:, :, None, None]
+    mixed = before * tints * 0.3
+    assert tint_spread(before, mixed) > 0.1
+    with pytest.raises(ValueError, match="before, after: expected two"):
+        tint_spread(before, same[:2])
