@@ -27,7 +27,7 @@ spread 0.0083.)
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Literal, Optional, Sequence, get_args
+from typing import Callable, Dict, Literal, Optional, Sequence
 
 import torch
 from jaxtyping import Float
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from csd2d.metrics import affine_colour_map, apply_colour_map, fit_colour_map
 
-__all__ = ["ConsistentMap", "shared_colour_map", "consistent_edit", "install", "excess", "EXCESS_KEYS"]
+__all__ = ["ConsistentMap", "MAP_LABELS", "shared_colour_map", "consistent_edit", "install", "excess", "EXCESS_KEYS"]
 
 EXCESS_KEYS = ("edit_inconsistency", "edit_inconsistency_own")
 """The render metrics the floor is subtracted from (the edits' own spread has no fit in it: the floor's is 0)."""
@@ -43,6 +43,9 @@ EXCESS_KEYS = ("edit_inconsistency", "edit_inconsistency_own")
 
 ConsistentMap = Literal["affine", "quadratic"]
 """The family of the floor's one colour map (``--consistent-map``)."""
+
+MAP_LABELS: Dict[str, str] = {"affine": "mean colour map", "quadratic": "quadratic colour map"}
+"""How the report names the floor of each :data:`ConsistentMap`."""
 
 
 def shared_colour_map(photos: Float[Tensor, "V 3 H W"], edits: Float[Tensor, "V 3 H W"],
@@ -61,7 +64,7 @@ def shared_colour_map(photos: Float[Tensor, "V 3 H W"], edits: Float[Tensor, "V 
         return torch.stack([affine_colour_map(p, e) for p, e in zip(photos, edits)]).mean(0)
     if kind == "quadratic":
         return fit_colour_map(photos.transpose(0, 1), edits.transpose(0, 1), degree=2)
-    raise ValueError(f"kind: expected one of {list(get_args(ConsistentMap))}, got {kind!r}")
+    raise ValueError(f"kind: expected one of {list(MAP_LABELS)}, got {kind!r}")
 
 
 def consistent_edit(photos: Float[Tensor, "N 3 h w"], colour_map: Float[Tensor, "R 3"]) -> Float[Tensor, "N 3 h w"]:

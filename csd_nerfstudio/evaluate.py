@@ -57,7 +57,7 @@ Metrics (:func:`view_metrics`; renders and photos at the edit resolution, in [0,
   render, and photo → edit, normalised to sum 1, RMS over views). A supplement to ``edit_inconsistency``: it is
   blind to where in a view the edit changes, and sees the tint the views disagree on apart from their mottling.
   Our measurement (face at 64 px, ``make it night``, one joint round, 200 fit steps, seeds 0–2, the kernel-off arm
-  matched at lr 0.1): joint's renders 0.0099 against the kernel-off arm's 0.0156 (0.63×; edits 0.0104 against
+  matched at lr 0.1): joint's renders 0.0099 against the kernel-off arm's 0.0156 (0.64×; edits 0.0104 against
   0.0447), where ``edit_inconsistency`` gives 0.0091 against 0.0093. A perfectly consistent edit of the night's
   shape (``--consistent --consistent-map quadratic``) scores 0.0066 here (0.0034 for one affine map): the night
   crushes the shadows, and each view's colours bend its mean gain.
@@ -349,10 +349,6 @@ def _clip_metrics(clip, views: torch.Tensor, photos: torch.Tensor, captions) -> 
 
 
 # ------------------------------------------------------------------------------------------------ report
-_FLOOR_MAPS = {"affine": "mean colour map", "quadratic": "quadratic colour map"}
-"""How the report names the floor of each --consistent-map."""
-
-
 @dataclasses.dataclass
 class EvalArgs:
     """Compare CSD's 3D update with IN2N's update and independent editing on one scene."""
@@ -506,7 +502,7 @@ def _markdown(report: Dict) -> str:
     rows.update({arm: (entry, entry.get("mean", {})) for arm, entry in report["arms"].items()})
     floor = report.get("consistent")
     if floor:
-        label = _FLOOR_MAPS[floor.get("map", "affine")]
+        label = consistent.MAP_LABELS[floor.get("map", "affine")]
         rows[f"consistent (floor: {floor['reference']}'s {label})"] = ({}, floor.get("mean", {}))
     for name, (entry, m) in rows.items():
         status = _status(entry) if name in report["arms"] else ""
@@ -579,8 +575,9 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
         raise ValueError(f"--match-tries: expected a number of runs >= 1, got {args.match_tries}")
     if not args.match_range >= 1:
         raise ValueError(f"--match-range: expected a factor >= 1, got {args.match_range}")
-    if args.consistent_map not in _FLOOR_MAPS:
-        raise ValueError(f"--consistent-map: expected one of {list(_FLOOR_MAPS)}, got {args.consistent_map!r}")
+    if args.consistent_map not in consistent.MAP_LABELS:
+        raise ValueError(f"--consistent-map: expected one of {list(consistent.MAP_LABELS)}, got "
+                         f"{args.consistent_map!r}")
     strength_keys = {"renders": "strength", "edits": "edits_strength"}  # what --match-on reads of the metrics
     if args.match_on not in strength_keys:
         raise ValueError(f"--match-on: expected one of {list(strength_keys)}, got {args.match_on!r}")
