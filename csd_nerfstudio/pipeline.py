@@ -95,8 +95,18 @@ class SceneEditConfig(EditConfig):
     0.92× on the textured scene (0.75× the kernel-off arm; structure 1.0 dB lower), for about 30 % more wall time when
     every view was rendered at full size for its depth (now depth alone: csd_nerfstudio.warps.DEPTH_SUPERSAMPLE)."""
 
+    guided_radius: int = 0
+    """Write back the decoded edit carried onto the sharp image it started from (the photo, or photo plus
+    carry·(render − photo)), as a locally affine colour map over (2r + 1)² pixel windows (csd2d.guided, the
+    guided filter); 0 writes back the decoder's output, as the paper and IN2N do. Edits finer than the window are
+    blurred to its size, so it stays 0 for the real model's methods; the CPU methods set it
+    (csd_nerfstudio.config.TINY_GUIDED_RADIUS names the measurement). Both updates (csd, in2n)."""
+
     def validate(self) -> None:
         super().validate()
+        if not (isinstance(self.guided_radius, int) and self.guided_radius >= 0):
+            raise ConfigError("guided_radius",
+                              f"expected a window radius in pixels >= 0, got {self.guided_radius!r}")
         if self.align not in typing.get_args(SceneAlign):
             raise ConfigError("align", f"expected one of {list(typing.get_args(SceneAlign))}, got {self.align!r}")
 
@@ -636,9 +646,9 @@ class CSDPipeline(VanillaPipeline):
             edit = dataclasses.replace(edit, t_max=t_max, max_batch=edit.max_batch or self.config.joint.max_batch)
         if self.config.update == "in2n":
             return in2n_update(self.guidance, job, edit, self.text_emb, gen, self.config.in2n_ddim_steps,
-                               t_range=(lo, hi))
+                               t_range=(lo, hi), guided_radius=edit.guided_radius)
         return csd_update(self.guidance, job, edit, self.text_emb, self.source_emb, gen, carry=carry,
-                          on_step=on_step)
+                          on_step=on_step, guided_radius=edit.guided_radius)
 
     def apply_job(self, job: EditJob, edited: Tensor) -> None:
         """Write edited views back into the training set at full resolution."""

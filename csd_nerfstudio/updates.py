@@ -19,6 +19,7 @@ from torch import Tensor
 from csd2d import EditConfig, IP2PGuidance, optimize_latents
 from csd2d.align import Warps
 from csd2d.ddim import ddim_edit
+from csd2d.guided import guided_transfer
 
 __all__ = ["EditJob", "csd_update", "in2n_update", "in2n_timestep"]
 
@@ -52,21 +53,37 @@ def _decode(g: IP2PGuidance, latents: Tensor, cfg: EditConfig) -> Tensor:
                             overlap=cfg.vae_overlap).cpu()
 
 
+def _edited_images(g: IP2PGuidance, start: Tensor, start_latents: Tensor, edited: Tensor, cfg: EditConfig,
+                   guided_radius: int) -> Tensor:
+    """The edited latents as images: decoded, or with ``guided_radius`` > 0 the decoded edit carried onto the
+    sharp start image ``start`` (csd2d.guided.guided_transfer from the decoded start latents)."""
+    after = _decode(g, edited, cfg)
+    if guided_radius <= 0:
+        return after
+    before = _decode(g, start_latents, cfg)
+    return guided_transfer(start.float().cpu(), before, after, guided_radius)
+
+
 def csd_update(g: IP2PGuidance, job: EditJob, cfg: EditConfig, text_emb: Tensor, source_emb: Tensor,
-               generator: torch.Generator, carry: float, on_step=None) -> Tensor:
+               generator: torch.Generator, carry: float, on_step=None, guided_radius: int = 0) -> Tensor:
     """CSD-Edit the job's views jointly; edited images ``[N, 3, h, w]`` (CPU).
 
     The latents start at ``z_photo + carry·(z_render − z_photo)`` (a share of the scene's current edit) and take
     ``cfg.steps`` SGD steps. With ``carry < 1`` repeated updates settle instead of adding up. ``on_step(s)`` is
-    called after each step (progress). With ``job.warps`` the kernel mixes aligned scores (csd2d.align)."""
+    called after each step (progress). With ``job.warps`` the kernel mixes aligned scores (csd2d.align). With
+    ``guided_radius`` > 0 the edit is carried onto ``photo + carry·(render − photo)`` (:func:`_edited_images`)."""
     n = len(job.indices)
     source, render = _latents(g, job, cfg, renders=carry > 0)
     target = torch.lerp(source, render, carry)  # a new tensor: the source stays the photos'
+    start = target.clone() if guided_radius > 0 else None
     with torch.no_grad():
         optimize_latents(g, target, source, text_emb.float().expand(n, -1, -1),
                          source_emb.float().expand(n, -1, -1), cfg, generator=generator, on_step=on_step,
                          warps=job.warps)
-    return _decode(g, target, cfg)
+        if start is None:
+            return _decode(g, target, cfg)
+        start_image = torch.lerp(job.originals.float(), job.renders.float(), carry)
+        return _edited_images(g, start_image, start, target, cfg, guided_radius)
 
 
 def in2n_timestep(t_range: Tuple[int, int], generator: torch.Generator) -> int:
@@ -75,13 +92,14 @@ def in2n_timestep(t_range: Tuple[int, int], generator: torch.Generator) -> int:
 
 
 def in2n_update(g: IP2PGuidance, job: EditJob, cfg: EditConfig, text_emb: Tensor, generator: torch.Generator,
-                ddim_steps: int, t_range: Tuple[int, int]) -> Tensor:
+                ddim_steps: int, t_range: Tuple[int, int], guided_radius: int = 0) -> Tensor:
     """IN2N's edit of the job's renders: noise to ``t ~ U[t_range]``, denoise with ``ddim_steps`` DDIM steps
-    of the three-way guidance conditioned on the original photos; edited images ``[N, 3, h, w]`` (CPU)."""
+    of the three-way guidance conditioned on the original photos; edited images ``[N, 3, h, w]`` (CPU). With
+    ``guided_radius`` > 0 the edit is carried onto the sharp renders (:func:`_edited_images`)."""
     n = len(job.indices)
     source, target = _latents(g, job, cfg)
     t = in2n_timestep(t_range, generator)
     edited = ddim_edit(g, target, source, text_emb.float().expand(n, -1, -1), t_start=t, steps=ddim_steps,
                        guidance_scale=cfg.guidance_scale, image_guidance_scale=cfg.image_guidance_scale,
                        generator=generator, max_batch=cfg.max_batch)
-    return _decode(g, edited, cfg)
+    return _edited_images(g, job.renders, target, edited, cfg, guided_radius)
