@@ -146,11 +146,13 @@ embedding renders: 0.116). On 'make it night' every arm's renders agree better w
 TINY_GUIDED_RADIUS = 8
 """csd-edit-tiny's --pipeline.edit.guided-radius (csd-edit-tiny-fast and csd-edit-splat-tiny inherit it): the
 embedded model's VAE decodes a 64 px face at 24.6 dB, every edge blurred, and its edits are colour filters, which a
-locally affine map carries onto the photo's own pixels (csd2d.guided). Ours, face at 64 px (30 views), joint schedule,
-200 fit steps, seed 0, lr 0.1: radius 0 / 2 / 4 / 8 / 16 gave structure 31.7 / 32.6 / 33.0 / 33.8 dB at night and
-25.8 / – / 28.8 / 29.2 / 29.5 dB on 'recolor it', with 'recolor it''s edit inconsistency 0.0084 / – / 0.0063 /
-0.0064 / 0.0060; 16 took 26 % longer than 8. Twice the VAE's 4× factor: the map varies over about two latent
-pixels."""
+locally affine map carries onto the photo's own pixels (csd2d.guided). Twice the VAE's 4× factor, so the map varies
+over about two latent pixels. Ours, face at 64 px (30 views), joint schedule, 200 fit steps, lr 0.1, seed 0: radius
+0 / 2 / 4 / 8 gave structure 31.7 / 32.6 / 33.0 / 33.8 dB at night and 25.8 / – / 28.8 / 29.2 dB on 'recolor it'
+(16: 29.5 dB, a quarter of the view). Seeds 0–2 at matched strength (README, *Sharp edits on the CPU*): the joint
+arm's renders' edit inconsistency against the kernel-off arm's went from 0.64× to 0.51× on face 'recolor it', 0.98×
+to 0.94× on face 'make it night' and 0.75× to 0.71× on the textured scene at night, structure 1.9–3.5 dB higher
+on face."""
 TINY_EDIT_ITERATIONS = 500
 """csd-edit-tiny's editing steps: 50 updates at edit-rate 10 (our choice for a CPU-sized run)."""
 

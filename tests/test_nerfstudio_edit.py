@@ -25,7 +25,8 @@ def test_scene_edit_config_overrides_only_defaults_that_differ():
     base = {f.name: f.default for f in dataclasses.fields(EditConfig)}
     own = SceneEditConfig.__dict__["__annotations__"]
     assert own, "SceneEditConfig sets the 3D defaults"
-    scene_only = {"align"}  # depth warps need a scene: the one 3D-only editing setting
+    # 3D-only editing settings: depth warps need a scene; the guided write-back is wired into the scene updates only
+    scene_only = {"align", "guided_radius"}
     for name in own:
         if name in scene_only:
             assert name not in base, name
