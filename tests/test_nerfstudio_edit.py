@@ -79,8 +79,10 @@ def test_tiny_variant_is_derived_small_and_offline():
     assert tiny.max_num_iterations > tiny.pipeline.pretrain_steps > 0
     # Derived: every other setting is csd-edit's.
     assert tiny.pipeline.edit.lr == method_module.TINY_LR  # measured for the embedded model
+    assert tiny.pipeline.edit.guided_radius == method_module.TINY_GUIDED_RADIUS  # its VAE blurs (csd2d.guided)
     assert tiny.optimizers == full.optimizers
-    assert dataclasses.replace(tiny.pipeline.edit, lr=full.pipeline.edit.lr) == full.pipeline.edit
+    assert dataclasses.replace(tiny.pipeline.edit, lr=full.pipeline.edit.lr,
+                               guided_radius=full.pipeline.edit.guided_radius) == full.pipeline.edit
     assert m.near_plane == full.pipeline.model.near_plane
 
 
