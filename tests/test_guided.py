@@ -4,11 +4,9 @@
 import dataclasses
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from conftest import shared_data
 
@@ -84,20 +82,13 @@ def test_bad_input_is_named():
 
 
 # ------------------------------------------------------------------------------------------------ the 3D update
-def _face_photos(n: int) -> torch.Tensor:
-    paths = sorted((shared_data("face") / "images").glob("*"))[:: 65 // n][:n]
-    return torch.stack([
-        torch.from_numpy(np.array(Image.open(p).convert("RGB").resize((64, 64), Image.BICUBIC))).permute(2, 0, 1)
-        for p in paths
-    ]).float() / 255
-
-
-def test_a_csd_update_with_detail_keeps_the_photos_structure_and_the_edit():
+def test_an_update_with_the_guided_write_back_keeps_the_photos_structure_and_the_edit():
     """The embedded model's VAE blurs a 64 px face (24.6 dB); with guided_radius the same edit is written onto the
     photo's own pixels: far closer to the photo once each view's colour map is taken out, and as strong."""
     from csd2d.metrics import affine_colour_map, apply_colour_map
     from csd_nerfstudio.config import TINY_GUIDED_RADIUS, csd_edit_tiny
     from csd_nerfstudio.updates import EditJob, csd_update, in2n_update
+    from test_evaluate3d import _face_photos
 
     g = IP2PGuidance.from_pretrained("embedded")
     photos = _face_photos(3)
