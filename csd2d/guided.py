@@ -42,9 +42,10 @@ def _box(x: Tensor, r: int) -> Tensor:
     return ((sums[..., k:, :] - sums[..., :-k, :]) / (k * k)).to(x.dtype)
 
 
-def _transfer_one(x: Tensor, a: Tensor, b: Tensor, r: int, eps: float) -> Tensor:
-    _, h, w = a.shape
-    a, b, x = a[None], b[None], x[None]
+def _transfer_one(x: Tensor, before: Tensor, after: Tensor, r: int, eps: float) -> Tensor:
+    """One view (``[3, H, W]`` each): :func:`guided_transfer`'s map, fitted and applied."""
+    _, h, w = before.shape
+    a, b, x = before[None], after[None], x[None]
     mu_a, mu_b = _box(a, r), _box(b, r)
     outer = lambda p, q: torch.einsum("bihw,bjhw->bijhw", p, q)  # noqa: E731
     cov_aa = _box(outer(a, a).reshape(1, 9, h, w), r).reshape(1, 3, 3, h, w) - outer(mu_a, mu_a)
@@ -73,5 +74,5 @@ def guided_transfer(x: Float[Tensor, "N 3 H W"], before: Float[Tensor, "N 3 H W"
         raise ValueError(f"radius: expected less than the image's shorter side ({min(x.shape[-2:])}), got {radius}")
     if not eps > 0:
         raise ValueError(f"eps: expected a ridge > 0, got {eps!r}")
-    out = [_transfer_one(xi.float(), bi.float(), ai.float(), radius, eps) for xi, bi, ai in zip(x, before, after)]
+    out = [_transfer_one(xi.float(), b.float(), a.float(), radius, eps) for xi, b, a in zip(x, before, after)]
     return torch.stack(out).clamp(0, 1).to(x.dtype)

@@ -53,10 +53,10 @@ def _decode(g: IP2PGuidance, latents: Tensor, cfg: EditConfig) -> Tensor:
                             overlap=cfg.vae_overlap).cpu()
 
 
-def _edited_images(g: IP2PGuidance, start: Tensor, start_latents: Tensor, edited: Tensor, cfg: EditConfig,
-                   guided_radius: int) -> Tensor:
+def _edited_images(g: IP2PGuidance, start: Tensor, start_latents: Optional[Tensor], edited: Tensor,
+                   cfg: EditConfig, guided_radius: int) -> Tensor:
     """The edited latents as images: decoded, or with ``guided_radius`` > 0 the decoded edit carried onto the
-    sharp start image ``start`` (csd2d.guided.guided_transfer from the decoded start latents)."""
+    sharp start image ``start`` (csd2d.guided.guided_transfer from the decoded ``start_latents``)."""
     after = _decode(g, edited, cfg)
     if guided_radius <= 0:
         return after
@@ -75,13 +75,11 @@ def csd_update(g: IP2PGuidance, job: EditJob, cfg: EditConfig, text_emb: Tensor,
     n = len(job.indices)
     source, render = _latents(g, job, cfg, renders=carry > 0)
     target = torch.lerp(source, render, carry)  # a new tensor: the source stays the photos'
-    start = target.clone() if guided_radius > 0 else None
+    start = target.clone() if guided_radius > 0 else None  # the optimisation moves target in place
     with torch.no_grad():
         optimize_latents(g, target, source, text_emb.float().expand(n, -1, -1),
                          source_emb.float().expand(n, -1, -1), cfg, generator=generator, on_step=on_step,
                          warps=job.warps)
-        if start is None:
-            return _decode(g, target, cfg)
         start_image = torch.lerp(job.originals.float(), job.renders.float(), carry)
         return _edited_images(g, start_image, start, target, cfg, guided_radius)
 
