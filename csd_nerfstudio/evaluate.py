@@ -175,6 +175,15 @@ def arm_settings(arm: str, iterations: int) -> Dict:
         out["joint.fit_steps"] = max(1, iterations // out.get("joint.rounds", FAST_ROUNDS))
     return out
 
+def overridden_settings(arms: Sequence[str], settings: Dict, iterations: int) -> List[str]:
+    """The ``--set`` values that an arm's own settings (ARMS) replace for that arm, one line each: an arm is defined
+    by its settings, so they win, and the report says so rather than let a probe of, say, edit.bandwidth_scale on
+    the joint arm silently measure the arm's own value."""
+    return [f"--set {key}={value!r}: arm {arm} keeps its own {key}={own[key]!r} (csd_nerfstudio.evaluate.ARMS)"
+            for arm in arms for own in [arm_settings(arm, iterations)]
+            for key, value in settings.items() if key in own and own[key] != value]
+
+
 GIF_ORDER = ("in2n", "independent", "csd", "csd-aligned", "joint-independent", "joint-whole", "joint-whole-aligned",
              "joint-unaligned", "joint")
 
@@ -497,6 +506,8 @@ def _markdown(report: Dict) -> str:
              f"from one base scene. Means over seeds; {compared}. A **collapsed** arm lost the image (structure r² "
              f"below {matching.STRUCTURE_FLOOR} or contrast below {matching.CONTRAST_FLOOR} of the photos'): its "
              "consistency and structure figures are not results and it is left out of the ratios.", "",
+             *[f"- **Not applied:** {line}" for line in report.get("set_overridden", [])],
+             *([""] if report.get("set_overridden") else []),
              "| arm | status | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     rows = {"original scene": ({}, report["base"].get("metrics", {}))}
     rows.update({arm: (entry, entry.get("mean", {})) for arm, entry in report["arms"].items()})
@@ -594,6 +605,9 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
         if mode != "dataset":
             raise ValueError(f"--consistent: expected a reference arm in dataset mode (its edits are images that one "
                              f"colour map can stand in for), got {floor_ref!r} in mode {mode!r}")
+    overridden = overridden_settings(args.arms, settings, iterations)
+    for line in overridden:
+        print(f"[evaluate] warning: {line}", file=sys.stderr, flush=True)
     args.output.mkdir(parents=True, exist_ok=True)
     common = {"method": args.method, "data": str(args.data.resolve()), "path_frames": args.path_frames}
 
@@ -607,7 +621,7 @@ def run_eval(args: EvalArgs, command: Optional[str] = None) -> Dict:
                  "load_dir": str(args.load_dir) if args.load_dir else None}
     report: Dict = {"command": command or command_line("csd_nerfstudio.evaluate", sys.argv[1:]), "data": str(args.data),
                     "prompt": args.prompt, "method": args.method, "seeds": args.seeds, "iterations": iterations,
-                    "settings": settings, "base": {}, "arms": {}, "ratios": {}}
+                    "settings": settings, "set_overridden": overridden, "base": {}, "arms": {}, "ratios": {}}
     error = None if done(base_spec) else _run(base_spec, args.output / "base.log", args.isolate)
     if error is not None:
         report["base"] = {"error": error}

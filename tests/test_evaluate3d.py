@@ -113,6 +113,16 @@ def test_overrides_parse_and_bad_ones_are_named():
         evaluate.parse_overrides(["carry"])
 
 
+def test_a_set_value_that_an_arm_replaces_is_named():
+    """An arm is its settings, so they win over --set; the report names every value an arm did not take."""
+    settings = {"edit.bandwidth_scale": 16.0, "edit.lr": 0.2, "carry": 1.0}
+    lines = evaluate.overridden_settings(["joint", "csd", "csd-carry-1"], settings, iterations=200)
+    own = evaluate.ARMS["joint"]["edit.bandwidth_scale"]
+    assert lines == [f"--set edit.bandwidth_scale=16.0: arm joint keeps its own edit.bandwidth_scale={own!r} "
+                     "(csd_nerfstudio.evaluate.ARMS)"]  # csd-carry-1's carry is 1.0 already: taken
+    assert evaluate.overridden_settings(["csd"], settings, iterations=200) == []
+
+
 # ------------------------------------------------------------------------------------------- the command
 @pytest.mark.slow
 def test_evaluate_writes_report_pictures_and_survives_a_crashed_arm(sphere_scene, tmp_path, monkeypatch):  # noqa: F811
@@ -120,11 +130,14 @@ def test_evaluate_writes_report_pictures_and_survives_a_crashed_arm(sphere_scene
     out = tmp_path / "eval"
     args = evaluate.EvalArgs(data=sphere_scene, output=out, arms=["csd", "broken"], seeds=[0], consistent=True,
                              pretrain_steps=20, iterations=4, path_frames=6,
-                             set=["edit-rate=2", "edit.steps=3", "edit.batch=3",
+                             set=["edit-rate=2", "edit.steps=3", "edit.batch=3", "edit.lr=0.1",  # broken keeps −1
                                   "model.use-appearance-embedding=true"])  # csd-edit-tiny fits none
     report = evaluate.run_eval(args)
     saved = json.loads((out / "report.json").read_text())
     assert saved["arms"]["broken"]["seeds"]["0"]["error"].count("lr") >= 1
+    assert saved["set_overridden"] == ["--set edit.lr=0.1: arm broken keeps its own edit.lr=-1.0 "
+                                       "(csd_nerfstudio.evaluate.ARMS)"]
+    assert "**Not applied:** --set edit.lr=0.1: arm broken" in (out / "report.md").read_text()
     metrics = saved["arms"]["csd"]["seeds"]["0"]
     assert metrics["updates"] == 2 and metrics["unet_samples"] > 0 and metrics["strength"] > 0
     assert metrics["peak_rss_mib"] > 100 and "edit_inconsistency" in metrics
