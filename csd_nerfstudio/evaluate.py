@@ -175,6 +175,7 @@ def arm_settings(arm: str, iterations: int) -> Dict:
         out["joint.fit_steps"] = max(1, iterations // out.get("joint.rounds", FAST_ROUNDS))
     return out
 
+
 def overridden_settings(arms: Sequence[str], settings: Dict, iterations: int) -> List[str]:
     """The ``--set`` values that an arm's own settings (ARMS) replace for that arm, one line each: an arm is defined
     by its settings, so they win, and the report says so rather than let a probe of, say, edit.bandwidth_scale on

@@ -53,10 +53,11 @@ def _decode(g: IP2PGuidance, latents: Tensor, cfg: EditConfig) -> Tensor:
                             overlap=cfg.vae_overlap).cpu()
 
 
-def _edited_images(g: IP2PGuidance, start: Tensor, start_latents: Optional[Tensor], edited: Tensor,
+def _edited_images(g: IP2PGuidance, start: Optional[Tensor], start_latents: Optional[Tensor], edited: Tensor,
                    cfg: EditConfig, guided_radius: int) -> Tensor:
     """The edited latents as images: decoded, or with ``guided_radius`` > 0 the decoded edit carried onto the
-    sharp start image ``start`` (csd2d.guided.guided_transfer from the decoded ``start_latents``)."""
+    sharp start image ``start`` (csd2d.guided.guided_transfer from the decoded ``start_latents``; both are read only
+    then)."""
     after = _decode(g, edited, cfg)
     if guided_radius <= 0:
         return after
@@ -80,7 +81,7 @@ def csd_update(g: IP2PGuidance, job: EditJob, cfg: EditConfig, text_emb: Tensor,
         optimize_latents(g, target, source, text_emb.float().expand(n, -1, -1),
                          source_emb.float().expand(n, -1, -1), cfg, generator=generator, on_step=on_step,
                          warps=job.warps)
-        start_image = torch.lerp(job.originals.float(), job.renders.float(), carry)
+        start_image = None if start is None else torch.lerp(job.originals.float(), job.renders.float(), carry)
         return _edited_images(g, start_image, start, target, cfg, guided_radius)
 
 
