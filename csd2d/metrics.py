@@ -202,6 +202,31 @@ def map_spread(maps: Sequence[Tensor], pixels: Tensor) -> float:
     return float((applied - applied.mean(0)).pow(2).mean().sqrt())
 
 
+def map_disagreement(before: Tensor, after: Tensor, degree: int = 2, ridge: float = 1e-3,
+                     shared_ridge: float = 1e-7) -> float:
+    """How much the views' colour edits disagree beyond what one edit of their shape, shared by every view, would
+    show: fit one colour map of ``degree`` (:func:`fit_colour_map`) over all the views' pixels, ``before`` →
+    ``after`` (``[V, 3, H, W]`` each), the edit every view would show if they agreed; take each view's affine map
+    from ``before_v`` to its departure from that shared edit, ``after_v − shared(before_v)``; return the
+    :func:`map_spread` of those maps over all of ``before``'s pixels.
+
+    The views' affine maps (the spread :func:`map_spread` reads) differ by content even for one shared edit that is
+    no affine map, such as a night that crushes the shadows: each view's colours bend it differently. Least
+    squares is linear in its target, so each map here is the view's own affine map less the affine map of the
+    shared edit on the same view; a shared edit of ``degree`` scores 0 whatever each view shows, and so does any
+    edit the views agree on up to that degree. What the views disagree on, in tint, brightness or where in a view
+    the edit changes, scores above 0. ``ridge`` regularises the views' affine maps as :func:`affine_colour_map`
+    does; ``shared_ridge``, the shared map's, is near 0, since a ridge there would leave each view a residual that
+    follows its colours."""
+    if before.shape != after.shape or before.ndim != 4 or before.shape[1] != 3:
+        raise ValueError(f"before, after: expected two [V, 3, H, W] stacks of one shape, got {tuple(before.shape)} "
+                         f"and {tuple(after.shape)}")
+    pooled = lambda x: x.float().permute(1, 0, 2, 3).reshape(3, -1)  # noqa: E731
+    shared = fit_colour_map(pooled(before), pooled(after), degree, shared_ridge)
+    maps = [affine_colour_map(b, a.float() - apply_colour_map(b, shared), ridge) for b, a in zip(before, after)]
+    return map_spread(maps, pooled(before))
+
+
 def _homogeneous(x: Tensor) -> Tensor:
     return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
 

@@ -90,6 +90,8 @@ def test_view_metrics_rank_consistent_edits_and_catch_destroyed_scenes():
     assert mixed_base["edit_inconsistency"] > 10 * m_base["edit_inconsistency"]
     # The views' mean tints: the same edit everywhere agrees, tints turned either way do not.
     assert m_base["edit_tint_spread"] < 0.2 * mixed_base["edit_tint_spread"], (m_base, mixed_base)
+    # Beyond one edit every view shares: the same edit everywhere scores about 0, turned either way does not.
+    assert m_base["edit_disagreement"] < 0.1 * mixed_base["edit_disagreement"], (m_base, mixed_base)
     # The same renders with each view's own appearance embedding, which can hold what the mean hides.
     own = view_metrics(on_base, photos, on_base, "recolor it", base, own_views=mixed_on_base, base_own_views=base)
     assert own["edit_inconsistency"] == m_base["edit_inconsistency"]
@@ -102,6 +104,7 @@ def test_view_metrics_rank_consistent_edits_and_catch_destroyed_scenes():
                                                                                           "recolor it")
     assert agreeing["edits_inconsistency"] < 0.2 * disagreeing["edits_inconsistency"]
     assert m_same["edits_tint_spread"] < 0.2 * disagreeing["edits_tint_spread"], m_same  # the edits' tints likewise
+    assert m_same["edits_disagreement"] < 0.1 * disagreeing["edits_disagreement"], m_same
     assert agreeing["edits_inconsistency"] == pytest.approx(m_same["inconsistency"])
     assert abs(agreeing["edits_strength"] - 80) < 15
 

@@ -90,6 +90,28 @@ def test_colour_map_spread_ignores_content_but_sees_mixed_outcomes():
     assert colour_map_spread(mixed, src, 32, 16) > 0.05
 
 
+def test_map_disagreement_ignores_a_shared_edit_of_any_shape_but_sees_what_views_disagree_on():
+    from csd2d.metrics import affine_colour_map, map_disagreement, map_spread
+
+    views = torch.stack([(0.1 + 0.8 * _smooth(64, 64, seed=s)) ** (0.5 + 0.3 * s) for s in range(6)])
+    night = torch.tensor([0.5, 0.6, 0.9])[:, None, None] * views * views  # crushes the shadows: no affine map
+    pool = views.permute(1, 0, 2, 3).reshape(3, -1)
+    assert map_spread([affine_colour_map(b, a) for b, a in zip(views, night)], pool) > 0.02  # content bends it
+    assert map_disagreement(views, night) < 1e-4  # one shared edit, whatever each view shows
+    assert map_disagreement(views, 0.5 * views) < 1e-4
+    scores = []
+    for blue in (1.1, 1.2, 1.4):  # every other view bluer, by more each time
+        tinted = night.clone()
+        tinted[::2] *= torch.tensor([1.0, 1.0, blue])[:, None, None]
+        scores.append(map_disagreement(views, tinted))
+    assert 5e-3 < scores[0] < scores[1] < scores[2], scores
+    local = night.clone()
+    local[3, :, :, :32] *= 0.6  # one view darker on its left half only
+    assert map_disagreement(views, local) > 5e-3
+    with pytest.raises(ValueError, match="before, after"):
+        map_disagreement(views[0], night[0])
+
+
 @pytest.mark.parametrize("power", [0.5, 1.0, 2.0])
 def test_learning_rate_matching_reaches_the_target_strength(power):
     """The demo's strength matching: on a monotone strength(scale) law it lands within the tolerance and
