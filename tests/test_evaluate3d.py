@@ -106,6 +106,9 @@ def test_view_metrics_rank_consistent_edits_and_catch_destroyed_scenes():
     assert m_same["edits_tint_spread"] < 0.2 * disagreeing["edits_tint_spread"], m_same  # the edits' tints likewise
     assert m_same["edits_disagreement"] < 0.1 * disagreeing["edits_disagreement"], m_same
     assert agreeing["edits_inconsistency"] == pytest.approx(m_same["inconsistency"])
+    # Views a schedule never reached keep their photos as training images.
+    assert m_same["views_edited"] == 1.0
+    assert view_metrics(same, photos, torch.cat([same[:4], photos[4:]]), "recolor it")["views_edited"] == pytest.approx(4 / 6)
     assert abs(agreeing["edits_strength"] - 80) < 15
 
 
