@@ -175,6 +175,12 @@ def apply_colour_map(source: Tensor, colour_map: Tensor) -> Tensor:
     return pixels.T.reshape(source.shape)
 
 
+def _check_view_stacks(before: Tensor, after: Tensor) -> None:
+    if before.shape != after.shape or before.ndim != 4 or before.shape[1] != 3:
+        raise ValueError(f"before, after: expected two [V, 3, H, W] stacks of one shape, got {tuple(before.shape)} "
+                         f"and {tuple(after.shape)}")
+
+
 def tint_spread(before: Tensor, after: Tensor, eps: float = 1e-6) -> float:
     """How much the views' edits disagree on their tint: for each view ``v`` (``[V, 3, H, W]`` each, in [0, 1]) the
     per-channel gain of its mean colour, ``mean(after_v) / mean(before_v)``, normalised to sum 1 over the channels;
@@ -185,9 +191,7 @@ def tint_spread(before: Tensor, after: Tensor, eps: float = 1e-6) -> float:
     view shares scores above 0 too, by how much each view's colours bend it (a hue rotation; a darkening that
     crushes the shadows). It sees only the mean tint, not where in a view the edit changes: a supplement to the
     spread of affine maps (:func:`map_spread`), which reads both."""
-    if before.shape != after.shape or before.ndim != 4 or before.shape[1] != 3:
-        raise ValueError(f"before, after: expected two [V, 3, H, W] stacks of one shape, got {tuple(before.shape)} "
-                         f"and {tuple(after.shape)}")
+    _check_view_stacks(before, after)
     gain = after.float().mean(dim=(2, 3)) / before.float().mean(dim=(2, 3)).clamp_min(eps)
     tint = gain / gain.sum(1, keepdim=True).clamp_min(eps)
     return float((tint - tint.mean(0)).pow(2).mean().sqrt())
@@ -218,13 +222,11 @@ def map_disagreement(before: Tensor, after: Tensor, degree: int = 2, ridge: floa
     the edit changes, scores above 0. ``ridge`` regularises the views' affine maps as :func:`affine_colour_map`
     does; ``shared_ridge``, the shared map's, is near 0, since a ridge there would leave each view a residual that
     follows its colours."""
-    if before.shape != after.shape or before.ndim != 4 or before.shape[1] != 3:
-        raise ValueError(f"before, after: expected two [V, 3, H, W] stacks of one shape, got {tuple(before.shape)} "
-                         f"and {tuple(after.shape)}")
-    pooled = lambda x: x.float().permute(1, 0, 2, 3).reshape(3, -1)  # noqa: E731
-    shared = fit_colour_map(pooled(before), pooled(after), degree, shared_ridge)
+    _check_view_stacks(before, after)
+    pixels = before.transpose(0, 1)  # [3, V, H, W]: every view's pixels, as the fits and map_spread read them
+    shared = fit_colour_map(pixels, after.transpose(0, 1), degree, shared_ridge)
     maps = [affine_colour_map(b, a.float() - apply_colour_map(b, shared), ridge) for b, a in zip(before, after)]
-    return map_spread(maps, pooled(before))
+    return map_spread(maps, pixels)
 
 
 def _homogeneous(x: Tensor) -> Tensor:
